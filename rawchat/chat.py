@@ -1,0 +1,293 @@
+"""Rooms, nicknames, history and resume: the chat itself, free of I/O.
+
+A :class:`Session` is one connected client, in plain mode (the tutorial's raw
+text) or speaking rawchat.v1 (JSON). The :class:`Chat` turns what sessions say
+into frames and hands them to the hub. Every outgoing message is encoded once
+per representation: one JSON text for the room's v1 members (plus one copy
+carrying the sender's ``cid`` for the sender), and the verbatim text for the
+room's plain members. Those frames are then fanned out unchanged.
+
+Rooms outlive their members for a while, so that a client that drops and comes
+back can resume from history even if it was alone in the room: empty rooms are
+kept, oldest dropped first, up to ``MAX_IDLE_ROOMS``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from rawchat import frames
+from rawchat import messages as m
+from rawchat.hub import Hub, Outbox
+
+#: Empty rooms (and their history) kept for clients that come back.
+MAX_IDLE_ROOMS = 1024
+#: Consecutive protocol errors after which a client is closed with TOO_MANY_ERRORS.
+MAX_ERRORS_IN_A_ROW = 10
+
+
+class Session:
+    """One connected client as the chat sees it."""
+
+    __slots__ = ("outbox", "nick", "key", "rooms", "plain", "greeted", "errors", "close")
+
+    def __init__(self, outbox: Outbox, *, plain: bool, close: Callable[[int, str], None]) -> None:
+        self.outbox = outbox
+        self.nick = ""
+        self.key = ""
+        #: Rooms this session is in, in the order it joined them.
+        self.rooms: dict[str, Room] = {}
+        self.plain = plain
+        #: Whether a v1 client's hello was accepted (plain clients need none).
+        self.greeted = plain
+        self.errors = 0
+        #: Asks the connection to close with a code and reason.
+        self.close = close
+
+
+class Room:
+    __slots__ = ("name", "members", "v1", "plain", "history", "last_id")
+
+    def __init__(self, name: str, history: int) -> None:
+        self.name = name
+        #: Everyone present, in the order they arrived (for ``members`` lists).
+        self.members: dict[Session, None] = {}
+        #: The fan-out targets, one set per representation.
+        self.v1: set[Outbox] = set()
+        self.plain: set[Outbox] = set()
+        #: The last messages, already encoded as v1 JSON (without any cid).
+        self.history: deque[str] = deque(maxlen=history)
+        self.last_id = 0
+
+    def resume(self, after: int | None) -> tuple[list[str], bool]:
+        """History to send a client that last saw id ``after``, and whether it is truncated.
+
+        With no ``after`` the client gets everything kept, truncated when older
+        messages are gone. A resume id newer than ``last_id`` comes from another
+        server run (ids started again), so what it names is gone too.
+        """
+        kept = len(self.history)
+        first = self.last_id - kept + 1  # id of history[0] when kept > 0
+        if after is None:
+            return list(self.history), first > 1
+        if after > self.last_id or after < first - 1:
+            return list(self.history), True
+        missed = self.last_id - after
+        return list(itertools.islice(self.history, kept - missed, kept)), False
+
+
+class Chat:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        history: int,
+        max_rooms: int,
+        max_text: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.hub = hub
+        self.history = history
+        self.max_rooms = max_rooms
+        self.max_text = max_text
+        self.clock = clock
+        #: Names this server run; a client resuming with another epoch gets no resume.
+        self.epoch = secrets.token_urlsafe(6)
+        self.rooms: dict[str, Room] = {}
+        self._idle: OrderedDict[str, None] = OrderedDict()
+        self.nicks: dict[str, Session] = {}
+        self._guests = itertools.count(1)
+        self._sessions = itertools.count(1)
+
+    # -- sessions ---------------------------------------------------------
+
+    def connect_plain(self, outbox: Outbox, close: Callable[[int, str], None]) -> Session:
+        """A tutorial client: a guest nick, in the lobby, at once."""
+        session = Session(outbox, plain=True, close=close)
+        nick = f"guest-{next(self._guests)}"
+        while m.nick_key(nick) in self.nicks:
+            nick = f"guest-{next(self._guests)}"
+        self._claim_nick(session, nick)
+        self._enter(session, self._room(m.DEFAULT_ROOM))
+        return session
+
+    def connect_v1(self, outbox: Outbox, close: Callable[[int, str], None]) -> Session:
+        """A rawchat.v1 client: nothing happens until its hello."""
+        return Session(outbox, plain=False, close=close)
+
+    def disconnect(self, session: Session) -> None:
+        for room in list(session.rooms.values()):
+            self._exit(session, room)
+        if session.key and self.nicks.get(session.key) is session:
+            del self.nicks[session.key]
+        self.hub.drop(session.outbox)
+
+    # -- what clients say ---------------------------------------------------
+
+    def plain_message(self, session: Session, data: str | bytes) -> None:
+        """Relay a plain client's message to everyone in the lobby.
+
+        Plain members get it verbatim, as a frame of the same type. v1 members
+        get text as a chat message from the guest's nick (blank text, which a
+        v1 client may not send either, is not); binary data has no place in the
+        JSON protocol, so only plain members see it.
+        """
+        room = session.rooms.get(m.DEFAULT_ROOM)
+        if room is None:
+            return
+        self.hub.broadcast(frames.message(data), room.plain)
+        if isinstance(data, str) and data.strip():
+            self._publish(session, room, data, cid=None, include_plain=False)
+
+    def v1_message(self, session: Session, text: str) -> None:
+        """Handle one JSON message from a v1 client; mistakes become ``error`` replies."""
+        try:
+            message = m.parse_client(text, max_text=self.max_text)
+            self._dispatch(session, message)
+        except m.ProtocolError as exc:
+            session.errors += 1
+            self._send(session, m.encode_error(exc.code, exc.message, exc.cid))
+            if session.errors >= MAX_ERRORS_IN_A_ROW:
+                session.close(m.CloseCode.TOO_MANY_ERRORS, "too many errors")
+        else:
+            session.errors = 0
+
+    def _dispatch(self, session: Session, message: m.ClientMessage) -> None:
+        if isinstance(message, m.Hello):
+            self._hello(session, message)
+        elif not session.greeted:
+            raise m.ProtocolError("hello_required", "send hello first")
+        elif isinstance(message, m.Msg):
+            room = session.rooms.get(message.room)
+            if room is None:
+                raise m.ProtocolError("not_in_room", f"you are not in {message.room}", message.cid)
+            self._publish(session, room, message.text, message.cid, include_plain=True)
+        elif isinstance(message, m.Join):
+            self._join(session, message.room, None)
+        elif isinstance(message, m.Leave):
+            room = session.rooms.get(message.room)
+            if room is None:
+                raise m.ProtocolError("not_in_room", f"you are not in {message.room}")
+            self._exit(session, room)
+            self._send(session, m.encode_left(room.name))
+        elif isinstance(message, m.Nick):
+            self._rename(session, message.nick)
+
+    def _hello(self, session: Session, hello: m.Hello) -> None:
+        if session.greeted:
+            raise m.ProtocolError("already_hello", "hello was already accepted")
+        if len(hello.rooms) > self.max_rooms:
+            raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
+        self._claim_nick(session, hello.nick)
+        session.greeted = True
+        self._send(
+            session,
+            m.encode_welcome(
+                f"s{next(self._sessions)}",
+                session.nick,
+                self.epoch,
+                max_text=self.max_text,
+                max_rooms=self.max_rooms,
+                history=self.history,
+            ),
+        )
+        # Ids from another server run mean nothing here: such a client gets
+        # everything kept, flagged as truncated.
+        foreign = hello.epoch is not None and hello.epoch != self.epoch
+        for name in hello.rooms:
+            after = hello.resume.get(name)
+            self._join(session, name, after, stale=foreign and after is not None)
+
+    def _join(self, session: Session, name: str, after: int | None, *, stale: bool = False) -> None:
+        room = session.rooms.get(name)
+        if room is None:
+            if len(session.rooms) >= self.max_rooms:
+                raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
+            room = self._room(name)
+            self._enter(session, room)
+        history, truncated = room.resume(None if stale else after)
+        self._send(
+            session,
+            m.encode_joined(
+                room.name,
+                [member.nick for member in room.members],
+                history,
+                room.last_id,
+                truncated or stale,
+            ),
+        )
+
+    def _rename(self, session: Session, nick: str) -> None:
+        old = session.nick
+        if nick == old:
+            return
+        self._claim_nick(session, nick)
+        for room in session.rooms.values():
+            frame = frames.text(m.encode_presence(room.name, "nick", nick, old))
+            self.hub.broadcast(frame, room.v1)
+
+    def _publish(
+        self, session: Session, room: Room, text: str, cid: str | None, *, include_plain: bool
+    ) -> None:
+        room.last_id += 1
+        ts = self.clock()
+        encoded = m.encode_msg(room.name, room.last_id, ts, session.nick, text)
+        room.history.append(encoded)
+        if cid is None:
+            self.hub.broadcast(frames.text(encoded), room.v1)
+        else:
+            # The sender's copy carries its cid: that is its acknowledgement.
+            self.hub.broadcast(frames.text(encoded), room.v1, skip=session.outbox)
+            own = m.encode_msg(room.name, room.last_id, ts, session.nick, text, cid)
+            self.hub.send(session.outbox, frames.text(own))
+        if include_plain and room.plain:
+            self.hub.broadcast(frames.message(text), room.plain)
+
+    # -- membership -----------------------------------------------------------
+
+    def _claim_nick(self, session: Session, nick: str) -> None:
+        key = m.nick_key(nick)
+        holder = self.nicks.get(key)
+        if holder is not None and holder is not session:
+            raise m.ProtocolError("nick_taken", f"{nick} is taken")
+        if session.key and session.key != key:
+            del self.nicks[session.key]
+        self.nicks[key] = session
+        session.nick = nick
+        session.key = key
+
+    def _room(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name, self.history)
+        else:
+            self._idle.pop(name, None)
+        return room
+
+    def _enter(self, session: Session, room: Room) -> None:
+        if room.v1:
+            presence = m.encode_presence(room.name, "join", session.nick)
+            self.hub.broadcast(frames.text(presence), room.v1)
+        room.members[session] = None
+        (room.plain if session.plain else room.v1).add(session.outbox)
+        session.rooms[room.name] = room
+
+    def _exit(self, session: Session, room: Room) -> None:
+        del session.rooms[room.name]
+        room.members.pop(session, None)
+        (room.plain if session.plain else room.v1).discard(session.outbox)
+        if room.v1:
+            presence = m.encode_presence(room.name, "leave", session.nick)
+            self.hub.broadcast(frames.text(presence), room.v1)
+        if not room.members and room.name != m.DEFAULT_ROOM:
+            self._idle[room.name] = None
+            while len(self._idle) > MAX_IDLE_ROOMS:
+                forgotten, _ = self._idle.popitem(last=False)
+                del self.rooms[forgotten]
+
+    def _send(self, session: Session, text: str) -> None:
+        self.hub.send(session.outbox, frames.text(text))

@@ -1,0 +1,135 @@
+"""Command line: arguments -> Config -> run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rawchat import __version__
+from rawchat.config import Config, KiB, MiB
+
+
+def _size(text: str) -> int:
+    """A byte count, optionally with a K, M or G suffix (powers of 1024)."""
+    units = {"k": KiB, "m": MiB, "g": 1024 * MiB}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        value = int(float(number) * factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 byte")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    d = Config()
+    p = argparse.ArgumentParser(
+        prog="rawchat",
+        description="A WebSocket chat server built from scratch on asyncio.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default=d.host, help="address to listen on")
+    p.add_argument("--port", type=int, default=d.port, help="port to listen on; 0 picks a free one")
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop instead of asyncio's loop")
+    p.add_argument(
+        "--static",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="serve the page from DIR instead of the one shipped with rawchat",
+    )
+    p.add_argument(
+        "--max-message",
+        type=_size,
+        default=d.max_message,
+        metavar="BYTES",
+        help="largest WebSocket message accepted; bigger ones close with 1009",
+    )
+    p.add_argument(
+        "--max-buffer",
+        type=_size,
+        default=d.max_buffer,
+        metavar="BYTES",
+        help="bytes that may wait to be sent to one client before it is evicted as too slow",
+    )
+    p.add_argument(
+        "--ping-interval",
+        type=float,
+        default=d.ping_interval,
+        metavar="SECONDS",
+        help="how often every WebSocket is pinged",
+    )
+    p.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=d.ping_timeout,
+        metavar="SECONDS",
+        help="how long a pong may take before the connection is closed",
+    )
+    p.add_argument(
+        "--history",
+        type=int,
+        default=d.history,
+        metavar="N",
+        help="messages kept per room for history and resume",
+    )
+    p.add_argument(
+        "--max-rooms",
+        type=int,
+        default=d.max_rooms,
+        metavar="N",
+        help="rooms one client may be in at once",
+    )
+    p.add_argument(
+        "--log-level",
+        default=d.log_level,
+        choices=["debug", "info", "warning", "error"],
+        help="logging threshold",
+    )
+    p.add_argument("--version", action="version", version=f"rawchat {__version__}")
+    return p
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> Config:
+    args = parser().parse_args(argv)
+    try:
+        return Config(
+            host=args.host,
+            port=args.port,
+            use_uvloop=args.uvloop,
+            static_dir=args.static,
+            max_message=args.max_message,
+            max_buffer=args.max_buffer,
+            ping_interval=args.ping_interval,
+            ping_timeout=args.ping_timeout,
+            history=args.history,
+            max_rooms=args.max_rooms,
+            log_level=args.log_level,
+        )
+    except ValueError as exc:
+        parser().error(str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = config_from_args(argv)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from rawchat.server import run
+
+    try:
+        run(config)
+    except OSError as exc:
+        logging.getLogger("rawchat").error(
+            "cannot listen on %s:%d: %s", config.host, config.port, exc
+        )
+        return 1
+    return 0

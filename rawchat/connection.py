@@ -1,0 +1,400 @@
+"""One client connection: an asyncio.Protocol with an HTTP phase and a WebSocket phase.
+
+The HTTP phase is driven by h11: static files, error replies, and the opening
+handshake. When a valid upgrade arrives, the 101 goes out through h11, and
+whatever bytes h11 had already received past the request (a client may send its
+first frames without waiting for the 101) are handed to a wsproto
+``Connection`` as ``trailing_data``. From then on wsproto parses incoming frames,
+and outgoing chat frames come from the hub, already encoded.
+
+Closing follows RFC 6455 section 7: when the client closes, the close frame is
+echoed and the server drops the TCP connection first; when the server closes, it
+sends its close frame and waits (at most ``close_timeout``) for the client's.
+After a protocol error the server stops reading frames, sends its close frame,
+half-closes its side and lets the client hang up, so the close frame is not
+lost to a TCP reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import h11
+from wsproto.connection import Connection as WebSocket
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
+
+from rawchat import http
+from rawchat.hub import Outbox
+
+if TYPE_CHECKING:
+    from rawchat.chat import Session
+    from rawchat.server import ServerState
+
+log = logging.getLogger("rawchat.connection")
+
+_HTTP, _WEBSOCKET, _CLOSED = 0, 1, 2
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "state",
+        "transport",
+        "peer",
+        "phase",
+        "http",
+        "_request",
+        "_timer",
+        "ws",
+        "outbox",
+        "session",
+        "_parts",
+        "_size",
+        "_closing",
+        "_failed",
+        "ping_deadline",
+    )
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.transport: asyncio.Transport | None = None
+        self.peer = "-"
+        self.phase = _HTTP
+        self.http: h11.Connection | None = None
+        self._request: h11.Request | None = None
+        #: The one pending timeout of this connection: HTTP deadlines, then the close bound.
+        self._timer: asyncio.TimerHandle | None = None
+        self.ws: WebSocket | None = None
+        self.outbox: Outbox | None = None
+        self.session: Session | None = None
+        #: Fragments of the message being received, and their length so far.
+        self._parts: list[Any] | None = None
+        self._size = 0
+        #: We sent a close frame (or are about to): incoming messages are ignored.
+        self._closing = False
+        #: The peer broke the protocol: incoming bytes are discarded.
+        self._failed = False
+        #: When the outstanding ping must be answered by (loop time), 0 when none is.
+        self.ping_deadline = 0.0
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple):
+            self.peer = f"{peername[0]}:{peername[1]}"
+        self.http = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.state.config.max_request_head
+        )
+        self._set_timer(self.state.config.handshake_timeout, self._http_timeout)
+        self.state.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase == _WEBSOCKET:
+            self._ws_received(data)
+        elif self.phase == _HTTP:
+            assert self.http is not None
+            if self.http.their_state is h11.IDLE and self._request is None:
+                # A new request starts: its head must arrive within the handshake bound.
+                self._set_timer(self.state.config.handshake_timeout, self._http_timeout)
+            self.http.receive_data(data)
+            self._drive_http()
+
+    def eof_received(self) -> bool | None:
+        if self.phase == _HTTP and self.http is not None:
+            self.http.receive_data(b"")
+            self._drive_http()
+        # Returning None lets the transport close itself.
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.phase = _CLOSED
+        self._cancel_timer()
+        if self.session is not None:
+            self.state.chat.disconnect(self.session)
+            self.session = None
+        self.state.forget(self)
+        log.debug("%s: connection closed", self.peer)
+
+    def pause_writing(self) -> None:
+        # The transport's buffer passed its high-water mark (set to --max-buffer
+        # at the upgrade). The hub keeps broadcasts under that mark, so this is a
+        # client that also stopped reading our direct replies: too slow.
+        if self.phase == _WEBSOCKET and not self._closing:
+            self.state.hub.evictions += 1
+            self._evicted()
+        elif self.phase == _HTTP and self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.phase == _HTTP and self.transport is not None:
+            self.transport.resume_reading()
+
+    # -- HTTP phase -----------------------------------------------------------------
+
+    def _drive_http(self) -> None:
+        conn = self.http
+        while self.phase == _HTTP and conn is not None:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                log.debug("%s: bad HTTP request: %s", self.peer, exc)
+                self._http_fail(exc.error_status_hint)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._request = event
+                if event.method not in (b"GET", b"HEAD"):
+                    # Answer at once and close: no need to read a body we refuse.
+                    self._reply(http.error_reply(405, (b"allow", http.ALLOWED_METHODS)), close=True)
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                self._respond()
+            elif isinstance(event, h11.ConnectionClosed):
+                self._close_transport()
+                return
+            # h11.Data: request bodies are not used by anything rawchat serves.
+
+    def _respond(self) -> None:
+        request = self._request
+        assert request is not None and self.http is not None
+        self._request = None
+        if http.wants_upgrade(request):
+            decision = http.check_upgrade(request)
+            if isinstance(decision, http.Upgrade):
+                self._upgrade(decision)
+                return
+            log.debug("%s: refused upgrade: %d", self.peer, decision.status)
+            self._reply(decision)
+            return
+        self._reply(self.state.static.reply(request.target), head_only=request.method == b"HEAD")
+
+    def _reply(self, reply: http.Reply, *, head_only: bool = False, close: bool = False) -> None:
+        conn = self.http
+        assert conn is not None and self.transport is not None
+        headers = reply.headers
+        if close:
+            headers = [*headers, (b"connection", b"close")]
+        data = conn.send(h11.Response(status_code=reply.status, headers=headers)) or b""
+        if reply.body and not head_only:
+            data += conn.send(h11.Data(data=reply.body)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+        self.transport.write(data)
+        if conn.our_state is h11.MUST_CLOSE:
+            self._close_transport()
+        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self._set_timer(self.state.config.keepalive_timeout, self._http_timeout)
+
+    def _http_fail(self, status: int) -> None:
+        conn = self.http
+        if conn is not None and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            try:
+                self._reply(http.error_reply(status), close=True)
+            except h11.LocalProtocolError:
+                pass
+        self._close_transport()
+
+    def _http_timeout(self) -> None:
+        """A request head too slow to arrive gets 408; an idle keep-alive just closes."""
+        self._timer = None
+        if self.phase != _HTTP or self.http is None:
+            return
+        if self.http.their_state is h11.IDLE and self._request is None and not self._pending():
+            self._close_transport()
+        else:
+            self._http_fail(408)
+
+    def _pending(self) -> bool:
+        # h11 keeps received bytes it has not parsed yet; a partial head is pending.
+        return bool(self.http is not None and self.http.trailing_data[0])
+
+    # -- the upgrade ----------------------------------------------------------------
+
+    def _upgrade(self, decision: http.Upgrade) -> None:
+        conn = self.http
+        transport = self.transport
+        assert conn is not None and transport is not None
+        transport.write(
+            conn.send(h11.InformationalResponse(status_code=101, headers=decision.headers)) or b""
+        )
+        trailing, _ = conn.trailing_data
+        # h11 has nothing more to do: drop it, it is the biggest object we hold.
+        self.http = None
+        self._cancel_timer()
+        self.phase = _WEBSOCKET
+        state = self.state
+        transport.set_write_buffer_limits(high=state.config.max_buffer)
+        self.outbox = Outbox(transport, self._evicted)
+        state.websockets.add(self)
+        if decision.subprotocol is None:
+            self.session = state.chat.connect_plain(self.outbox, self.close)
+        else:
+            self.session = state.chat.connect_v1(self.outbox, self.close)
+            self._set_timer(state.config.handshake_timeout, self._hello_timeout)
+        log.debug("%s: websocket open (%s)", self.peer, decision.subprotocol or "plain")
+        self.ws = WebSocket(ConnectionType.SERVER)
+        if trailing:
+            self._ws_received(trailing)
+
+    # -- WebSocket phase --------------------------------------------------------------
+
+    def _ws_received(self, data: bytes) -> None:
+        ws = self.ws
+        if ws is None or self._failed or ws.state is ConnectionState.CLOSED:
+            return
+        ws.receive_data(data)
+        for event in ws.events():
+            kind = type(event)
+            if kind is TextMessage or kind is BytesMessage:
+                if not self._closing:
+                    self._message_part(event)  # type: ignore[arg-type]
+            elif kind is Ping:
+                if not self._closing and self.transport is not None:
+                    self.transport.write(ws.send(event.response()))  # type: ignore[attr-defined]
+            elif kind is Pong:
+                self.ping_deadline = 0.0
+            elif kind is CloseConnection:
+                self._close_received(event)  # type: ignore[arg-type]
+            if self._failed or self.phase != _WEBSOCKET:
+                return
+
+    def _message_part(self, event: TextMessage | BytesMessage) -> None:
+        data = event.data
+        limit = self.state.config.max_message
+        parts = self._parts
+        if parts is None:
+            if event.message_finished:
+                # The common case, a message in one frame: no joining.
+                self._deliver(data, limit)
+                return
+            parts = self._parts = []
+            self._size = 0
+        # Characters, for text: a bound on memory; the exact byte count is checked
+        # once the message is whole.
+        self._size += len(data)
+        if self._size > limit:
+            self._parts = None
+            self.fail(CloseReason.MESSAGE_TOO_BIG, "message too big")
+            return
+        parts.append(data)
+        if event.message_finished:
+            self._parts = None
+            joined: str | bytes = "".join(parts) if isinstance(data, str) else b"".join(parts)
+            self._deliver(joined, limit)
+
+    def _deliver(self, data: str | bytes | bytearray, limit: int) -> None:
+        size = len(data)
+        if isinstance(data, str) and size * 4 > limit and size <= limit:
+            size = len(data.encode())
+        if size > limit:
+            self.fail(CloseReason.MESSAGE_TOO_BIG, "message too big")
+            return
+        session = self.session
+        if session is None:
+            return
+        if session.plain:
+            payload = data if isinstance(data, str) else bytes(data)
+            self.state.chat.plain_message(session, payload)
+        elif isinstance(data, str):
+            self.state.chat.v1_message(session, data)
+            if session.greeted and self._timer is not None and not self._closing:
+                self._cancel_timer()
+        else:
+            self.close(CloseReason.UNSUPPORTED_DATA, "rawchat.v1 speaks JSON text frames")
+
+    def _close_received(self, event: CloseConnection) -> None:
+        ws = self.ws
+        assert ws is not None and self.transport is not None
+        if ws.state is ConnectionState.REMOTE_CLOSING:
+            # The client closes: echo its code, then drop TCP first (RFC 6455, 7.1.1).
+            self._leave()
+            self.transport.write(ws.send(event.response()))
+            self._close_transport()
+        elif ws.state is ConnectionState.CLOSED:
+            # The answer to our own close frame.
+            self._close_transport()
+        else:
+            # wsproto reports a malformed frame as a CloseConnection it made up.
+            log.debug("%s: protocol error %d: %s", self.peer, event.code, event.reason)
+            self.fail(event.code, event.reason or "")
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake: send what is queued, then a close frame."""
+        self._send_close(code, reason, flush=True)
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """The client broke the protocol: close frame, half-close, ignore the rest."""
+        self._failed = True
+        self._send_close(code, reason, flush=False)
+        transport = self.transport
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+
+    def _evicted(self) -> None:
+        """Called by the hub: this client cannot keep up. Close it without waiting on it."""
+        log.debug("%s: evicted, too slow", self.peer)
+        self._send_close(CloseReason.POLICY_VIOLATION, "too slow", flush=False)
+
+    def _send_close(self, code: int, reason: str, *, flush: bool) -> None:
+        ws = self.ws
+        transport = self.transport
+        if self._closing or ws is None or transport is None or ws.state is not ConnectionState.OPEN:
+            return
+        self._closing = True
+        queued = b""
+        if self.outbox is not None:
+            queued = self.state.hub.take(self.outbox) if flush else b""
+            self.state.hub.drop(self.outbox)
+        self._leave()
+        try:
+            transport.write(queued + ws.send(CloseConnection(code=code, reason=reason)))
+        except LocalProtocolError:
+            self._close_transport()
+            return
+        self._set_timer(self.state.config.close_timeout, self._abort)
+
+    def _leave(self) -> None:
+        """Leave the chat now: a closing client gets no more broadcasts."""
+        if self.session is not None:
+            self.state.chat.disconnect(self.session)
+            self.session = None
+        self.state.websockets.discard(self)
+
+    def _hello_timeout(self) -> None:
+        from rawchat.messages import CloseCode
+
+        self._timer = None
+        self.close(CloseCode.HELLO_TIMEOUT, "no hello")
+
+    def _abort(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            log.debug("%s: close timed out, aborting", self.peer)
+            self.transport.abort()
+
+    def _close_transport(self) -> None:
+        self._cancel_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # -- timers ---------------------------------------------------------------------
+
+    def _set_timer(self, delay: float, callback: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.state.loop.call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

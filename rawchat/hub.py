@@ -1,0 +1,142 @@
+"""The hub: encode-once fan-out with per-iteration coalescing and slow-client eviction.
+
+Every WebSocket connection owns an :class:`Outbox`. A broadcast appends the one
+shared frame to each recipient's outbox; the first append in an event-loop
+iteration also puts the outbox on the hub's dirty list and, if needed, schedules
+one ``flush`` with ``call_soon``. The flush writes each dirty outbox's frames
+with a single ``transport.write``: whole frames back to back, so the client
+still sees one message per frame, but the per-write overhead of the event loop
+is paid once per client per iteration instead of once per message. On 1,000
+clients that is the difference between tens of thousands and millions of
+deliveries per second.
+
+Eviction rule: before queueing, the hub adds the frame's size to what the
+client already owes (the transport's write buffer, read once per iteration,
+plus the frames queued since). If that would pass ``max_buffer`` the client is
+evicted instead: the hub stops queueing to it and calls its ``on_evict``. A
+client that stops reading therefore costs at most ``max_buffer`` bytes, and the
+broadcast never waits for it.
+
+No I/O happens here beyond ``transport.write``; no awaits, tasks or per-recipient
+encoding happen anywhere in the fan-out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+
+class WriteTransport(Protocol):
+    """The two transport methods the hub relies on."""
+
+    def write(self, data: bytes | bytearray | memoryview[Any]) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+
+class Outbox:
+    """What the hub knows about one recipient."""
+
+    __slots__ = ("transport", "frames", "owed", "peak", "on_evict")
+
+    def __init__(self, transport: WriteTransport, on_evict: Callable[[], None]) -> None:
+        self.transport = transport
+        #: Frames queued during this loop iteration; None when nothing is queued.
+        self.frames: list[bytes] | None = None
+        #: Bytes this client owes while frames are queued: transport buffer + queued frames.
+        self.owed = 0
+        #: Largest ``owed`` seen at a flush: the most this client ever had waiting.
+        self.peak = 0
+        self.on_evict = on_evict
+
+
+class Hub:
+    """Fan-out to outboxes, coalesced once per event-loop iteration."""
+
+    __slots__ = ("max_buffer", "_schedule", "_dirty", "_flush_pending", "evictions")
+
+    def __init__(self, max_buffer: int, schedule: Callable[[Callable[[], None]], object]) -> None:
+        self.max_buffer = max_buffer
+        # loop.call_soon in the server; a plain list append in unit tests.
+        self._schedule = schedule
+        self._dirty: list[Outbox] = []
+        self._flush_pending = False
+        #: Clients evicted as too slow since start.
+        self.evictions = 0
+
+    def broadcast(
+        self, frame: bytes, recipients: Iterable[Outbox], skip: Outbox | None = None
+    ) -> None:
+        """Queue one frame for every recipient except ``skip``."""
+        size = len(frame)
+        limit = self.max_buffer
+        dirty = self._dirty
+        slow: list[Outbox] | None = None
+        for box in recipients:
+            if box is skip:
+                continue
+            frames = box.frames
+            if frames is None:
+                owed = box.transport.get_write_buffer_size() + size
+                if owed > limit:
+                    slow = [box] if slow is None else [*slow, box]
+                    continue
+                box.frames = [frame]
+                box.owed = owed
+                dirty.append(box)
+            else:
+                owed = box.owed + size
+                if owed > limit:
+                    slow = [box] if slow is None else [*slow, box]
+                    continue
+                frames.append(frame)
+                box.owed = owed
+        if dirty and not self._flush_pending:
+            self._flush_pending = True
+            self._schedule(self.flush)
+        if slow is not None:
+            # After the loop: evicting removes the client from the very
+            # collections ``recipients`` may be iterating.
+            for box in slow:
+                self.evict(box)
+
+    def send(self, box: Outbox, frame: bytes) -> None:
+        """Queue one frame for one recipient, in order with its broadcasts."""
+        self.broadcast(frame, (box,))
+
+    def evict(self, box: Outbox) -> None:
+        """Stop queueing to ``box`` and let its owner close it."""
+        box.frames = None
+        box.owed = 0
+        self.evictions += 1
+        box.on_evict()
+
+    def drop(self, box: Outbox) -> None:
+        """Forget what is queued for a client that is going away."""
+        box.frames = None
+
+    def take(self, box: Outbox) -> bytes:
+        """Remove and return what is queued for ``box``, to write ahead of a close frame."""
+        frames = box.frames
+        box.frames = None
+        return b"".join(frames) if frames else b""
+
+    def flush(self) -> None:
+        """Write every dirty outbox's frames in one ``transport.write`` each."""
+        self._flush_pending = False
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        for box in dirty:
+            frames = box.frames
+            if frames is None:  # evicted or closed since it was queued
+                continue
+            box.frames = None
+            if box.owed > box.peak:
+                box.peak = box.owed
+            if len(frames) == 1:
+                box.transport.write(frames[0])
+            else:
+                box.transport.write(b"".join(frames))
