@@ -1,0 +1,1 @@
+"""Load generator and peer comparison for rawchat: ``python -m benchmarks``."""

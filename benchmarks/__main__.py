@@ -1,0 +1,211 @@
+"""``python -m benchmarks``: run one load scenario, or compare servers on several.
+
+    python -m benchmarks fanout --server rawchat --clients 1000 --rate 20
+    python -m benchmarks fanout-max --server websockets
+    python -m benchmarks --compare                 # every default scenario, all servers
+    python -m benchmarks --compare fanout big --servers rawchat,aiohttp
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.rig import Load
+from benchmarks.scenarios import SCENARIOS, load_for, overload
+from benchmarks.servers import SERVER_MODULES, ServerProcess, ServerSpec, raise_fd_limit
+
+#: What ``--compare`` runs when no scenario is named (``make bench``): sized
+#: so the whole comparison of three servers stays under ten minutes on two
+#: cores. Overload comes after fanout-max, whose result it multiplies.
+COMPARE_DEFAULT = ["fanout", "fanout-max", "big", "idle", "connect", "slow", "overload"]
+COMPARE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "fanout-max": {"max_seconds": 50.0, "max_steps": 10},
+    "slow": {"duration": 6.0, "warmup": 1.0},
+    "overload": {"duration": 6.0},
+    "big": {"duration": 6.0},
+    "idle": {"duration": 6.0},
+}
+DEFAULT_SERVERS = "rawchat,websockets,aiohttp"
+LOAD_FIELDS = [
+    ("clients", int, "connections to open"),
+    ("senders", int, "how many of them send"),
+    ("size", int, "message size in bytes (at least 40)"),
+    ("rate", float, "offered messages per second, all senders together"),
+    ("duration", float, "measured seconds (idle: seconds held)"),
+    ("warmup", float, "seconds of load before measuring"),
+    ("sample_every", int, "decode probes on every Nth connection (0: none)"),
+    ("concurrency", int, "handshakes in flight while connecting"),
+    ("start_rate", float, "fanout-max: first step, msg/s"),
+    ("step_seconds", float, "fanout-max: seconds per step"),
+    ("bisect", int, "fanout-max: bisection steps after the first failure"),
+    ("max_steps", int, "fanout-max: step cap"),
+    ("max_seconds", float, "fanout-max: time cap"),
+    ("factor", float, "overload: multiple of the sustainable rate to offer"),
+    ("base_rate", float, "overload: sustainable msg/s (default: last fanout-max result)"),
+    ("slow_share", float, "slow: share of clients that stop reading"),
+    ("rcvbuf", int, "slow: SO_RCVBUF of the clients that stop reading"),
+]
+
+
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    # Given both before and after the scenario name; a sub-command's own
+    # default must not overwrite a value given before it.
+    d = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("--no-pin", action="store_true", **d,
+                        help="don't pin server and load tool to separate cores")
+    parser.add_argument("--no-status", action="store_true", **d, help="no live status line")
+    parser.add_argument("--no-save", action="store_true", **d,
+                        help="don't append results to the JSON lines file")
+    parser.add_argument("--results", type=Path, **(d or {"default": report.RESULTS_FILE}),
+                        help="JSON lines file results are appended to")
+    parser.add_argument("--sources", type=int, **(d or {"default": 8}),
+                        help="loopback source addresses to spread connections over "
+                             "(127.0.0.2 onwards)")
+    parser.add_argument("--server-arg", action="append", **(d or {"default": []}), metavar="ARG",
+                        help="extra argument for rawchat, e.g. --server-arg=--max-buffer=65536")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        allow_abbrev=False,
+        description="WebSocket load generator for rawchat and its peers",
+    )
+    parser.add_argument("--compare", nargs="*", metavar="SCENARIO",
+                        help="run these scenarios (default: all but 19k idle) on every "
+                             "server, alternating, and print rawchat/peer ratios")
+    parser.add_argument("--servers", default=DEFAULT_SERVERS,
+                        help=f"servers for --compare (default {DEFAULT_SERVERS}; "
+                             "append -asyncio for the plain asyncio loop)")
+    parser.add_argument("--repeat", type=int, default=1, help="--compare rounds per scenario")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="scenario", metavar="SCENARIO")
+    for name in SCENARIOS:
+        p = sub.add_parser(name, help=(SCENARIOS[name].__doc__ or name).splitlines()[0])
+        p.add_argument("--server", default="rawchat",
+                       help=f"{', '.join(SERVER_MODULES)}; -asyncio suffix for no uvloop")
+        _common(p, top=False)
+        for field, kind, text in LOAD_FIELDS:
+            p.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, help=text)
+        if name == "idle":
+            p.add_argument("--max", action="store_true",
+                           help="19,000 connections (as many as RLIMIT_NOFILE allows)")
+    return parser
+
+
+def load_from_args(scenario: str, args: argparse.Namespace) -> Load:
+    overrides = {field: getattr(args, field, None) for field, _, _ in LOAD_FIELDS}
+    if getattr(args, "max", False):
+        overrides["clients"] = 19_000
+    sources = tuple(f"127.0.0.{i}" for i in range(2, 2 + max(1, min(args.sources, 250))))
+    return load_for(scenario, sources=sources, status=not args.no_status, **overrides)
+
+
+async def run_one(
+    scenario: str, spec: ServerSpec, load: Load, args: argparse.Namespace,
+    known: dict[str, float], verbose: bool = True,
+) -> report.Result | None:
+    server = ServerProcess(spec, pin=not args.no_pin)
+    started = time.monotonic()
+    try:
+        server.start()
+        if scenario == "overload":
+            result = await overload(server, load, known)
+        else:
+            result = await SCENARIOS[scenario](server, load)
+        if not server.alive():
+            result.notes.append(f"server exited during the run:\n{server.log_tail()}")
+        tracebacks = server.log_count("Traceback")
+        if tracebacks:
+            result.notes.append(f"{tracebacks} tracebacks in the server log {server.log_path}")
+        if server.pinned_to:
+            result.params["pinned"] = True
+    except (RuntimeError, OSError) as exc:
+        print(f"\n{scenario} on {spec.label} failed: {exc}", file=sys.stderr)
+        print(f"server log: {server.log_path}\n{server.log_tail()}", file=sys.stderr)
+        return None
+    finally:
+        server.stop()
+    if not any("server log" in n for n in result.notes):
+        server.remove_log()
+    if scenario == "fanout-max" and result.metrics.get("sustainable_msg_per_s"):
+        known[spec.label] = float(result.metrics["sustainable_msg_per_s"])
+    if verbose:
+        report.print_result(result)
+    else:
+        print(f"{scenario} on {spec.label}: {time.monotonic() - started:.0f} s", flush=True)
+    if not args.no_save:
+        report.append(result, args.results)
+    return result
+
+
+async def compare(args: argparse.Namespace) -> int:
+    scenarios = args.compare or COMPARE_DEFAULT
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenarios: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    extra = tuple(args.server_arg)
+    specs = [ServerSpec.parse(s.strip(), extra) for s in args.servers.split(",") if s.strip()]
+    known: dict[str, float] = {}
+    started = time.monotonic()
+    for scenario in scenarios:
+        load = load_from_args(scenario, args)
+        load = load_for(scenario, **{**vars_of(load), **COMPARE_OVERRIDES.get(scenario, {})})
+        results = []
+        for round_no in range(args.repeat):
+            # Alternate the order between rounds so drift (heat, other work on
+            # the box) doesn't always favour the same server.
+            order = specs if round_no % 2 == 0 else specs[::-1]
+            for spec in order:
+                result = await run_one(scenario, spec, load, args, known, verbose=False)
+                if result is not None:
+                    results.append(result)
+        report.print_comparison(scenario, results)
+    print(f"\ncompare finished in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def vars_of(load: Load) -> dict[str, Any]:
+    return {f: getattr(load, f) for f in load.__dataclass_fields__}
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    limit = raise_fd_limit()
+    print(f"RLIMIT_NOFILE raised to {limit}", file=sys.stderr)
+    if args.compare is not None:
+        return await compare(args)
+    spec = ServerSpec.parse(args.server, tuple(args.server_arg))
+    result = await run_one(args.scenario, spec, load_from_args(args.scenario, args), args, {})
+    return 0 if result is not None else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.compare is None and args.scenario is None:
+        build_parser().print_help()
+        return 2
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main_async(args))
+    try:
+        return uvloop.run(main_async(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

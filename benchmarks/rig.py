@@ -1,0 +1,364 @@
+"""A set of connected clients plus senders, and measured windows of offered load.
+
+Scenarios build a :class:`Rig` against one running server and call
+:meth:`Rig.window` for each stretch of load they want measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from benchmarks.client import BenchClient, RunState, Sender, connect_many
+from benchmarks.servers import ServerProcess
+
+#: Share of its core above which the load tool counts as saturated.
+SATURATED = 0.9
+
+
+@dataclass(frozen=True)
+class Load:
+    """The client-side parameters of a run (see ``python -m benchmarks SCENARIO -h``)."""
+
+    clients: int = 1000
+    senders: int = 10
+    size: int = 64
+    rate: float = 20.0
+    duration: float = 10.0
+    warmup: float = 2.0
+    sample_every: int = 10
+    sources: tuple[str, ...] = tuple(f"127.0.0.{i}" for i in range(2, 10))
+    concurrency: int = 100
+    status: bool = True
+    # fanout-max: doubling from start_rate, then bisecting, each step short.
+    start_rate: float = 50.0
+    step_seconds: float = 4.0
+    bisect: int = 3
+    max_steps: int = 14
+    max_seconds: float = 120.0
+    # overload: factor x the sustainable rate (base_rate, else the last fanout-max result).
+    factor: float = 10.0
+    base_rate: float | None = None
+    # slow: this share of clients stops reading, with this SO_RCVBUF.
+    slow_share: float = 0.01
+    rcvbuf: int = 4096
+
+
+@dataclass
+class Snapshot:
+    at: float
+    tool_cpu: float
+    server_cpu: float
+    server_rss: int
+    attempted: int
+    sent: int
+    delivered: int
+
+
+def percentiles_ms(samples: array[int]) -> dict[str, float | None]:
+    if not samples:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
+    ordered = sorted(samples)
+    n = len(ordered)
+
+    def at(q: float) -> float:
+        return round(ordered[min(n - 1, int(q * n))] / 1e6, 3)
+
+    return {"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99), "max_ms": at(1.0)}
+
+
+class StatusLine:
+    """A live one-line status on a terminal; silent when stderr is not one."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, text: Callable[[], str], every: float = 0.5) -> None:
+        if not self.enabled:
+            return
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every)
+                sys.stderr.write("\r\x1b[K" + text()[:200])
+                sys.stderr.flush()
+
+        self._task = asyncio.create_task(loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+class RssSampler:
+    """Samples the server's RSS every 100 ms to catch its peak."""
+
+    def __init__(self, server: ServerProcess, every: float = 0.1) -> None:
+        self.server = server
+        self.every = every
+        self.peak = server.rss_bytes()
+        self._task: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> RssSampler:
+        async def loop() -> None:
+            while True:
+                self.peak = max(self.peak, self.server.rss_bytes())
+                await asyncio.sleep(self.every)
+
+        self._task = asyncio.create_task(loop())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.peak = max(self.peak, self.server.rss_bytes())
+
+
+class Rig:
+    """Clients connected to one server, some of them senders."""
+
+    def __init__(self, server: ServerProcess, load: Load, label: str) -> None:
+        self.server = server
+        self.load = load
+        self.label = label
+        self.run = RunState(load.size, load.senders)
+        self.clients: list[BenchClient] = []
+        self.senders: list[Sender] = []
+        #: Clients left out of delivery accounting (the paused ones in `slow`).
+        self.excluded: set[int] = set()
+        self.joined_at: dict[int, int] = {}
+        self.attempted = 0
+        self.status = StatusLine(load.status)
+        self.connect_errors: dict[str, int] = {}
+
+    @property
+    def total_sent(self) -> int:
+        return sum(self.run.sent_per_sender)
+
+    def receivers(self) -> list[BenchClient]:
+        return [c for c in self.clients if c.open and c.index not in self.excluded]
+
+    async def connect(
+        self, rcvbuf_for: frozenset[int] = frozenset(), rcvbuf: int | None = None
+    ) -> None:
+        load = self.load
+        result = await connect_many(
+            self.server.host,
+            self.server.port,
+            load.clients,
+            self.run,
+            load.sources,
+            load.concurrency,
+            load.sample_every,
+            rcvbuf_for=rcvbuf_for,
+            rcvbuf=rcvbuf,
+        )
+        self.clients = result.clients
+        self.connect_errors = dict(result.errors)
+        if result.failures:
+            raise RuntimeError(f"{result.failures} of {load.clients} connections failed: "
+                               f"{dict(result.errors)}")
+        for c in self.clients:
+            self.joined_at[c.index] = 0
+        by_index = {c.index: c for c in self.clients}
+        candidates = [i for i in sorted(by_index) if i not in rcvbuf_for]
+        step = max(1, len(candidates) // load.senders)
+        self.senders = [
+            Sender(sid, by_index[candidates[(sid * step) % len(candidates)]], load.size)
+            for sid in range(load.senders)
+        ]
+
+    async def top_up(self) -> int:
+        """Replace connections the server closed, so the next window has them all."""
+        gone = [c for c in self.clients if c.closed or not c.open]
+        if not gone:
+            return 0
+        sent = self.total_sent
+        self.clients = [c for c in self.clients if c.open]
+        for c in gone:
+            c.abort()
+        first = max(c.index for c in self.clients + gone) + 1
+        result = await connect_many(
+            self.server.host, self.server.port, len(gone), self.run, self.load.sources,
+            self.load.concurrency, self.load.sample_every, first_index=first,
+        )
+        for c in result.clients:
+            c.late = True
+            self.joined_at[c.index] = sent
+        self.clients.extend(result.clients)
+        spare = [c for c in self.clients if c.index not in {s.client.index for s in self.senders}]
+        for s in self.senders:
+            if not s.client.open and spare:
+                s.client = spare.pop()
+        return len(result.clients)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            at=time.perf_counter(),
+            tool_cpu=time.process_time(),
+            server_cpu=self.server.cpu_seconds(),
+            server_rss=self.server.rss_bytes(),
+            attempted=self.attempted,
+            sent=self.total_sent,
+            delivered=sum(c.delivered for c in self.clients if c.index not in self.excluded),
+        )
+
+    def pending(self) -> int:
+        """Deliveries still owed to open receivers (messages sent since each joined)."""
+        sent = self.total_sent
+        owed = 0
+        for c in self.receivers():
+            owed += max(0, sent - self.joined_at.get(c.index, 0) - c.delivered)
+        return owed
+
+    async def drain(self, timeout: float = 10.0, stall: float = 2.0) -> int:
+        """Wait until every open receiver has every message, or progress stops."""
+        deadline = time.monotonic() + timeout
+        last = self.pending()
+        last_change = time.monotonic()
+        while last and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            now_pending = self.pending()
+            if now_pending != last:
+                last, last_change = now_pending, time.monotonic()
+            elif time.monotonic() - last_change > stall:
+                break
+        return last
+
+    async def _offer(self, rate: float, seconds: float) -> None:
+        """Offer ``rate`` messages/s round-robin over the senders for ``seconds``.
+
+        A sender whose transport asked to pause writing (the server is not
+        reading fast enough) skips its turn instead of buffering: that is
+        how the achieved send rate shows back-pressure.
+        """
+        loop = asyncio.get_running_loop()
+        senders = self.senders
+        n = len(senders)
+        start = loop.time()
+        end = start + seconds
+        due_base = self.attempted
+        while True:
+            now = loop.time()
+            if now >= end:
+                break
+            due = due_base + int((now - start) * rate) + 1
+            while self.attempted < due:
+                senders[self.attempted % n].send_one()
+                self.attempted += 1
+            next_at = start + (due - due_base) / rate
+            await asyncio.sleep(min(max(next_at - loop.time(), 0.001), end - loop.time()))
+
+    def status_text(self, phase: str, ref: list[Snapshot]) -> Callable[[], str]:
+        def text() -> str:
+            snap = self.snapshot()
+            prev = ref[0]
+            dt = max(snap.at - prev.at, 1e-6)
+            ref[0] = snap
+            return (
+                f"{self.label} {phase}: conns {len(self.receivers())} "
+                f"sent {(snap.sent - prev.sent) / dt:,.0f}/s "
+                f"delivered {(snap.delivered - prev.delivered) / dt:,.0f}/s "
+                f"tool cpu {100 * (snap.tool_cpu - prev.tool_cpu) / dt:.0f}% "
+                f"server cpu {100 * (snap.server_cpu - prev.server_cpu) / dt:.0f}% "
+                f"rss {snap.server_rss / 2**20:.0f} MB"
+            )
+
+        return text
+
+    async def window(
+        self, rate: float, warmup: float, duration: float, phase: str = "", drain: float = 10.0
+    ) -> dict[str, object]:
+        """Offer load for warmup + duration seconds; measure the last ``duration``."""
+        run = self.run
+        run.latencies_ns = array("q")
+        closed_before = sum(1 for c in self.clients if c.closed or c.close_code is not None)
+        receivers = len(self.receivers())
+        ref = [self.snapshot()]
+        self.status.start(self.status_text(phase or f"{rate:g} msg/s", ref))
+        offer = asyncio.create_task(self._offer(rate, warmup + duration))
+        try:
+            with RssSampler(self.server) as rss:
+                await asyncio.sleep(warmup)
+                a = self.snapshot()
+                run.open_window()
+                await asyncio.sleep(duration)
+                b = self.snapshot()
+                run.close_window()
+                await offer
+                pending = await self.drain(drain) if drain > 0 else self.pending()
+        finally:
+            offer.cancel()
+            await self.status.stop()
+        wall = b.at - a.at
+        sent = b.sent - a.sent
+        delivered = b.delivered - a.delivered
+        expected = sent * receivers
+        tool_share = (b.tool_cpu - a.tool_cpu) / wall
+        closed_after = sum(1 for c in self.clients if c.closed or c.close_code is not None)
+        metrics: dict[str, object] = {
+            "offered_msg_per_s": round(rate, 1),
+            "sent_msg_per_s": round(sent / wall, 1),
+            "send_ratio": round(sent / max(b.attempted - a.attempted, 1), 4),
+            "receivers": receivers,
+            "offered_deliveries_per_s": round(rate * receivers),
+            "delivered_per_s": round(delivered / wall),
+            "delivery_ratio": round(delivered / expected, 4) if expected else None,
+            **percentiles_ms(run.latencies_ns),
+            "latency_samples": len(run.latencies_ns),
+            "undelivered_after_drain": pending,
+            "closed_by_server": closed_after - closed_before,
+            "tool_cpu_pct": round(100 * tool_share, 1),
+            "server_cpu_s": round(b.server_cpu - a.server_cpu, 2),
+            "server_cpu_pct": round(100 * (b.server_cpu - a.server_cpu) / wall, 1),
+            "server_rss_mb": round(b.server_rss / 2**20, 1),
+            "server_rss_peak_mb": round(rss.peak / 2**20, 1),
+            "server_rss_growth_mb": round((b.server_rss - a.server_rss) / 2**20, 2),
+            "tool_saturated": tool_share >= SATURATED,
+        }
+        return metrics
+
+    def order_report(self) -> dict[str, int]:
+        """Loss, duplicates and reordering summed over sampled connections still open."""
+        lost = dup = reordered = checked = 0
+        sent_by = self.run.sent_per_sender
+        for c in self.clients:
+            if not c.sampled or not c.open or c.index in self.excluded:
+                continue
+            checked += 1
+            for sid, check in enumerate(c.checks):
+                if c.late:
+                    first = c.first_seq[sid] if c.first_seq[sid] >= 0 else sent_by[sid]
+                    lost += check.lost(sent_by[sid], first)
+                else:
+                    lost += check.lost(sent_by[sid])
+                dup += check.duplicates
+                reordered += check.reordered
+        return {
+            "sampled_connections": checked,
+            "lost": lost,
+            "duplicated": dup,
+            "reordered": reordered,
+            "unexpected_frames": self.run.unexpected_frames,
+        }
+
+    def close_codes(self) -> dict[str, int]:
+        return {str(code): n for code, n in sorted(self.run.close_codes.items())}
+
+    async def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        await asyncio.sleep(0)
+
+    def abort(self, clients: Sequence[BenchClient] | None = None) -> None:
+        for c in clients if clients is not None else self.clients:
+            c.abort()
