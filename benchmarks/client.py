@@ -81,7 +81,9 @@ class BenchClient(asyncio.Protocol):
         self._request = request
         self._head = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.upgraded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.upgraded: asyncio.Future[None] = loop.create_future()
+        self.gone: asyncio.Future[None] = loop.create_future()
         self.reader: FrameReader | None = None
         self.can_write = True
         self.open = False
@@ -127,6 +129,8 @@ class BenchClient(asyncio.Protocol):
         self.closed = True
         if not self.upgraded.done():
             self.upgraded.set_exception(exc or ConnectionError("closed during handshake"))
+        if not self.gone.done():
+            self.gone.set_result(None)
 
     def pause_writing(self) -> None:
         self.can_write = False
@@ -222,6 +226,30 @@ class BenchClient(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+async def close_all(
+    clients: Sequence[BenchClient], graceful: bool = True, timeout: float = 3.0
+) -> None:
+    """Close every connection and wait (bounded) until the loop has let go of them.
+
+    ``graceful=False`` resets them: quicker for thousands of idle ones, and
+    it leaves no TIME_WAIT behind.
+    """
+    for c in clients:
+        if graceful:
+            c.close()
+        else:
+            c.abort()
+    pending = [c.gone for c in clients if not c.gone.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+    for c in clients:
+        if not c.gone.done():
+            c.abort()
+    pending = [c.gone for c in clients if not c.gone.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
 
 
 class Sender:

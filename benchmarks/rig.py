@@ -13,7 +13,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from benchmarks.client import BenchClient, RunState, Sender, connect_many
+from benchmarks.client import BenchClient, RunState, Sender, close_all, connect_many
 from benchmarks.servers import ServerProcess
 
 #: Share of its core above which the load tool counts as saturated.
@@ -327,6 +327,16 @@ class Rig:
         }
         return metrics
 
+    def totals(self) -> dict[str, int]:
+        """Whole-run counts over open receivers, warm-up and drain included."""
+        receivers = self.receivers()
+        sent = self.total_sent
+        return {
+            "messages_sent": sent,
+            "deliveries_expected": sum(sent - self.joined_at.get(c.index, 0) for c in receivers),
+            "deliveries_counted": sum(c.delivered for c in receivers),
+        }
+
     def order_report(self) -> dict[str, int]:
         """Loss, duplicates and reordering summed over sampled connections still open."""
         lost = dup = reordered = checked = 0
@@ -355,9 +365,7 @@ class Rig:
         return {str(code): n for code, n in sorted(self.run.close_codes.items())}
 
     async def close(self) -> None:
-        for c in self.clients:
-            c.close()
-        await asyncio.sleep(0)
+        await close_all(self.clients)
 
     def abort(self, clients: Sequence[BenchClient] | None = None) -> None:
         for c in clients if clients is not None else self.clients:

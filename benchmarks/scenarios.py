@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks.client import RunState, connect_many
+from benchmarks.client import RunState, close_all, connect_many
 from benchmarks.report import Result, last_metric
 from benchmarks.rig import SATURATED, Load, Rig, RssSampler, StatusLine
 from benchmarks.servers import ServerProcess, fd_limit
@@ -39,6 +39,7 @@ async def fanout(server: ServerProcess, load: Load) -> Result:
     try:
         await rig.connect()
         metrics = await rig.window(load.rate, load.warmup, load.duration)
+        metrics.update(rig.totals())
         metrics.update(rig.order_report())
         metrics["close_codes"] = rig.close_codes()
     finally:
@@ -204,9 +205,7 @@ async def _hold_connections(
         })
     finally:
         await status.stop()
-        for c in clients:
-            c.abort()
-        await asyncio.sleep(0)
+        await close_all(clients, graceful=False)
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     params = _params(load, "clients", "concurrency")
     params["hold"] = hold

@@ -1,0 +1,121 @@
+"""Smoke test of the load tool (benchmarks/): tiny runs that must count exactly."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from benchmarks.client import BenchClient, RunState
+from benchmarks.frames import (
+    HANDSHAKE_ACCEPT,
+    OP_PING,
+    PROBE_HEAD,
+    FrameReader,
+    ProbeEncoder,
+    frame_header,
+    server_frame_size,
+)
+from benchmarks.scenarios import fanout, load_for
+from benchmarks.servers import ServerProcess, ServerSpec
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def server_text_frame(payload: bytes) -> bytes:
+    return frame_header(0x1, len(payload), masked=False) + payload
+
+
+def test_byte_counting_survives_pings_and_any_chunking() -> None:
+    """The fast path (byte arithmetic) and the slow path (parsing) agree on counts."""
+
+    async def main() -> None:
+        size = 64
+        run = RunState(size, senders=1)
+        encoder = ProbeEncoder(0, size)
+        stream = bytearray()
+        for seq in range(500):
+            stream += server_text_frame(encoder.payload(seq, 0))
+            if seq % 97 == 0:
+                stream += frame_header(OP_PING, 4, masked=False) + b"ping"
+        for chunk_size in (1, 7, 66, 1000, 4096):
+            for sampled in (False, True):
+                transport = RecordingTransport()
+                client = BenchClient(0, run, sampled=sampled, request=b"")
+                client.connection_made(cast(asyncio.Transport, transport))
+                client.data_received(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                    + HANDSHAKE_ACCEPT
+                    + b"\r\n\r\n"
+                )
+                assert client.open
+                for i in range(0, len(stream), chunk_size):
+                    client.data_received(bytes(stream[i : i + chunk_size]))
+                assert client.delivered == 500, (chunk_size, sampled)
+                # One pong (masked, opcode 0xA) per ping.
+                pongs = [w for w in transport.written if w[:1] == b"\x8a"]
+                assert len(pongs) == 6
+                if sampled:
+                    assert client.checks[0].expected == 500
+                    assert client.checks[0].lost(500) == 0
+
+    asyncio.run(main())
+
+
+def test_frame_reader_skips_large_payloads_without_buffering() -> None:
+    seen: list[int] = []
+    reader = FrameReader(PROBE_HEAD, lambda head, length: seen.append(length), lambda o, p: None)
+    payload = ProbeEncoder(3, 16384).payload(1, 2)
+    frame = server_text_frame(payload)
+    assert len(frame) == server_frame_size(16384)
+    for i in range(0, len(frame) * 3, 1000):
+        reader.feed((frame * 3)[i : i + 1000])
+        assert len(reader.buf) < 1000 + PROBE_HEAD + 10
+    assert seen == [16384] * 3 and reader.complete_frames == 3
+
+
+@pytest.mark.parametrize("server", ["websockets-asyncio", "rawchat-asyncio"])
+def test_fanout_counts_every_delivery(server: str) -> None:
+    clients, senders = 20, 2
+    load = load_for(
+        "fanout",
+        clients=clients,
+        senders=senders,
+        rate=40.0,
+        duration=1.0,
+        warmup=0.2,
+        sample_every=3,
+        status=False,
+    )
+
+    async def main() -> dict[str, Any]:
+        with ServerProcess(ServerSpec.parse(server)) as process:
+            try:
+                result = await fanout(process, load)
+            finally:
+                process.remove_log()
+        return result.metrics
+
+    m = asyncio.run(main())
+    assert m["messages_sent"] >= 40
+    assert m["deliveries_counted"] == m["messages_sent"] * clients
+    assert m["deliveries_expected"] == m["deliveries_counted"]
+    assert m["undelivered_after_drain"] == 0
+    assert m["lost"] == m["duplicated"] == m["reordered"] == m["unexpected_frames"] == 0
+    assert m["sampled_connections"] == 7
+    assert m["latency_samples"] > 0 and m["p50_ms"] is not None
+    assert m["closed_by_server"] == 0
