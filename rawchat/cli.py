@@ -59,6 +59,14 @@ def parser() -> argparse.ArgumentParser:
         help="bytes that may wait to be sent to one client before it is evicted as too slow",
     )
     p.add_argument(
+        "--slow-timeout",
+        type=float,
+        default=d.slow_timeout,
+        metavar="SECONDS",
+        help="how long a client may stay past a quarter of --max-buffer before it is evicted;"
+        " meanwhile the server stops reading from senders",
+    )
+    p.add_argument(
         "--ping-interval",
         type=float,
         default=d.ping_interval,
@@ -106,6 +114,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             static_dir=args.static,
             max_message=args.max_message,
             max_buffer=args.max_buffer,
+            slow_timeout=args.slow_timeout,
             ping_interval=args.ping_interval,
             ping_timeout=args.ping_timeout,
             history=args.history,

@@ -22,6 +22,9 @@ class Config:
     #: transport's buffer plus the frames queued this loop iteration). A client
     #: that would go past it is evicted.
     max_buffer: int = 1 * MiB
+    #: A client whose buffer stays past the pressure mark (a quarter of
+    #: max_buffer) this long is evicted as too slow; until then senders are held.
+    slow_timeout: float = 2.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     #: Time a client has to send a complete HTTP request head.
@@ -41,6 +44,11 @@ class Config:
     max_rooms: int = 16
     log_level: str = "info"
 
+    @property
+    def pressure_mark(self) -> int:
+        """Write-buffer size past which a client is congested and senders are held."""
+        return max(1, self.max_buffer // 4)
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, not {self.port}")
@@ -50,6 +58,7 @@ class Config:
         if self.history < 0:
             raise ValueError("history must not be negative")
         for name in (
+            "slow_timeout",
             "ping_interval",
             "ping_timeout",
             "handshake_timeout",

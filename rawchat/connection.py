@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import h11
 from wsproto.connection import Connection as WebSocket
@@ -84,8 +84,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple):
             self.peer = f"{peername[0]}:{peername[1]}"
@@ -119,21 +119,27 @@ class Connection(asyncio.Protocol):
         if self.session is not None:
             self.state.chat.disconnect(self.session)
             self.session = None
+        if self.outbox is not None:
+            self.state.flow.relieve(self.outbox)
+        if self.transport is not None:
+            self.state.flow.forget(self.transport)
         self.state.forget(self)
         log.debug("%s: connection closed", self.peer)
 
     def pause_writing(self) -> None:
-        # The transport's buffer passed its high-water mark (set to --max-buffer
-        # at the upgrade). The hub keeps broadcasts under that mark, so this is a
-        # client that also stopped reading our direct replies: too slow.
-        if self.phase == _WEBSOCKET and not self._closing:
-            self.state.hub.evictions += 1
-            self._evicted()
+        # WebSocket phase: the buffer passed the pressure mark. Flow control
+        # holds the senders until this client drains, or evicts it if it doesn't.
+        if self.phase == _WEBSOCKET:
+            if self.outbox is not None and not self._closing:
+                self.state.flow.congest(self.outbox)
         elif self.phase == _HTTP and self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.phase == _HTTP and self.transport is not None:
+        if self.phase == _WEBSOCKET:
+            if self.outbox is not None:
+                self.state.flow.relieve(self.outbox)
+        elif self.phase == _HTTP and self.transport is not None:
             self.transport.resume_reading()
 
     # -- HTTP phase -----------------------------------------------------------------
@@ -231,7 +237,7 @@ class Connection(asyncio.Protocol):
         self._cancel_timer()
         self.phase = _WEBSOCKET
         state = self.state
-        transport.set_write_buffer_limits(high=state.config.max_buffer)
+        transport.set_write_buffer_limits(high=state.config.pressure_mark)
         self.outbox = Outbox(transport, self._evicted)
         state.websockets.add(self)
         if decision.subprotocol is None:
@@ -300,15 +306,19 @@ class Connection(asyncio.Protocol):
         session = self.session
         if session is None:
             return
+        state = self.state
         if session.plain:
             payload = data if isinstance(data, str) else bytes(data)
-            self.state.chat.plain_message(session, payload)
+            state.chat.plain_message(session, payload)
         elif isinstance(data, str):
-            self.state.chat.v1_message(session, data)
+            state.chat.v1_message(session, data)
             if session.greeted and self._timer is not None and not self._closing:
                 self._cancel_timer()
         else:
             self.close(CloseReason.UNSUPPORTED_DATA, "rawchat.v1 speaks JSON text frames")
+            return
+        if (state.flow.congested or state.hub.pressed) and self.transport is not None:
+            state.flow.hold(self.transport)
 
     def _close_received(self, event: CloseConnection) -> None:
         ws = self.ws
@@ -355,6 +365,8 @@ class Connection(asyncio.Protocol):
         if self.outbox is not None:
             queued = self.state.hub.take(self.outbox) if flush else b""
             self.state.hub.drop(self.outbox)
+            # A closing client must not hold back the others.
+            self.state.flow.relieve(self.outbox)
         self._leave()
         try:
             transport.write(queued + ws.send(CloseConnection(code=code, reason=reason)))

@@ -54,14 +54,35 @@ class Outbox:
 class Hub:
     """Fan-out to outboxes, coalesced once per event-loop iteration."""
 
-    __slots__ = ("max_buffer", "_schedule", "_dirty", "_flush_pending", "evictions")
+    __slots__ = (
+        "max_buffer",
+        "pressure_mark",
+        "_schedule",
+        "_dirty",
+        "_flush_pending",
+        "pressed",
+        "after_pressure",
+        "evictions",
+    )
 
-    def __init__(self, max_buffer: int, schedule: Callable[[Callable[[], None]], object]) -> None:
+    def __init__(
+        self,
+        max_buffer: int,
+        schedule: Callable[[Callable[[], None]], object],
+        pressure_mark: int | None = None,
+    ) -> None:
         self.max_buffer = max_buffer
+        #: Past this many bytes owed, a client's frames are written at once
+        #: and the hub reports pressure, so that senders can be held.
+        self.pressure_mark = min(pressure_mark or max_buffer, max_buffer)
         # loop.call_soon in the server; a plain list append in unit tests.
         self._schedule = schedule
         self._dirty: list[Outbox] = []
         self._flush_pending = False
+        #: Some client passed the pressure mark during this iteration.
+        self.pressed = False
+        #: Called at the end of a flush that follows pressure (flow control's hook).
+        self.after_pressure: Callable[[], None] | None = None
         #: Clients evicted as too slow since start.
         self.evictions = 0
 
@@ -70,7 +91,7 @@ class Hub:
     ) -> None:
         """Queue one frame for every recipient except ``skip``."""
         size = len(frame)
-        limit = self.max_buffer
+        mark = self.pressure_mark
         dirty = self._dirty
         slow: list[Outbox] | None = None
         for box in recipients:
@@ -79,7 +100,7 @@ class Hub:
             frames = box.frames
             if frames is None:
                 owed = box.transport.get_write_buffer_size() + size
-                if owed > limit:
+                if owed > mark and self._overdue(box, owed):
                     slow = [box] if slow is None else [*slow, box]
                     continue
                 box.frames = [frame]
@@ -87,8 +108,13 @@ class Hub:
                 dirty.append(box)
             else:
                 owed = box.owed + size
-                if owed > limit:
-                    slow = [box] if slow is None else [*slow, box]
+                if owed > mark:
+                    if self._overdue(box, owed):
+                        slow = [box] if slow is None else [*slow, box]
+                        continue
+                    # What was queued went out early: start a new queue.
+                    box.frames = [frame]
+                    box.owed = box.transport.get_write_buffer_size() + size
                     continue
                 frames.append(frame)
                 box.owed = owed
@@ -100,6 +126,27 @@ class Hub:
             # collections ``recipients`` may be iterating.
             for box in slow:
                 self.evict(box)
+
+    def _overdue(self, box: Outbox, owed: int) -> bool:
+        """The rare path of a broadcast: ``box`` would owe more than the pressure mark.
+
+        Past ``max_buffer`` the answer is eviction (True). Below it, what is
+        queued cannot wait for the end of the iteration (one iteration can read
+        megabytes from a fast sender): it is written now, the hub records
+        pressure so that senders get held, and the caller queues ``frame``
+        afresh (False). An outbox written early stays on the dirty list; the
+        flush skips it unless more was queued since.
+        """
+        if owed > self.max_buffer:
+            return True
+        if owed > box.peak:
+            box.peak = owed
+        frames = box.frames
+        if frames:
+            box.transport.write(b"".join(frames))
+            box.frames = None
+        self.pressed = True
+        return False
 
     def send(self, box: Outbox, frame: bytes) -> None:
         """Queue one frame for one recipient, in order with its broadcasts."""
@@ -126,12 +173,10 @@ class Hub:
         """Write every dirty outbox's frames in one ``transport.write`` each."""
         self._flush_pending = False
         dirty = self._dirty
-        if not dirty:
-            return
         self._dirty = []
         for box in dirty:
             frames = box.frames
-            if frames is None:  # evicted or closed since it was queued
+            if frames is None:  # written early, evicted or closed since it was queued
                 continue
             box.frames = None
             if box.owed > box.peak:
@@ -140,3 +185,7 @@ class Hub:
                 box.transport.write(frames[0])
             else:
                 box.transport.write(b"".join(frames))
+        if self.pressed:
+            self.pressed = False
+            if self.after_pressure is not None:
+                self.after_pressure()

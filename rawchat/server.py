@@ -14,6 +14,7 @@ from rawchat import frames, http
 from rawchat.chat import Chat
 from rawchat.config import Config
 from rawchat.connection import Connection
+from rawchat.flow import Backpressure
 from rawchat.hub import Hub, Outbox
 
 log = logging.getLogger("rawchat")
@@ -25,7 +26,8 @@ class ServerState:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.loop = loop
-        self.hub = Hub(config.max_buffer, loop.call_soon)
+        self.hub = Hub(config.max_buffer, loop.call_soon, config.pressure_mark)
+        self.flow = Backpressure(self.hub, loop, config.slow_timeout)
         self.chat = Chat(
             self.hub,
             history=config.history,

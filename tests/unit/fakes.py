@@ -103,13 +103,13 @@ class FakeLoop:
     def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
         self.ready.append(lambda: callback(*args))
 
-    def call_at(self, when: float, callback: Callable[[], object]) -> FakeHandle:
-        handle = FakeHandle(when, callback)
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> FakeHandle:
+        handle = FakeHandle(when, lambda: callback(*args))
         heapq.heappush(self._timers, (when, next(self._seq), handle))
         return handle
 
-    def call_later(self, delay: float, callback: Callable[[], object]) -> FakeHandle:
-        return self.call_at(self.now + delay, callback)
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> FakeHandle:
+        return self.call_at(self.now + delay, callback, *args)
 
     def run_ready(self) -> None:
         """One loop iteration: run what was scheduled with call_soon."""

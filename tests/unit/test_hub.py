@@ -106,3 +106,18 @@ def test_drop_forgets_what_was_queued() -> None:
     hub.drop(box)
     run(scheduled)
     assert transport.writes == 0
+
+
+def test_past_the_pressure_mark_frames_go_out_at_once_and_pressure_is_reported() -> None:
+    scheduled: list[Callable[[], None]] = []
+    hub = Hub(1000, scheduled.append, pressure_mark=250)
+    box, transport = make_outbox()
+    relieved: list[bool] = []
+    hub.after_pressure = lambda: relieved.append(True)
+    for _ in range(3):
+        hub.broadcast(b"x" * 100, [box])
+    assert transport.writes == 1 and len(transport.written) == 200, "written before the flush"
+    assert hub.pressed
+    run(scheduled)
+    assert bytes(transport.written) == b"x" * 300, "nothing lost, nothing doubled"
+    assert not hub.pressed and relieved == [True]

@@ -1,0 +1,220 @@
+"""rawchat.v1 sessions, rooms, history and resume, with no sockets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from wsproto.events import CloseConnection, TextMessage
+
+from rawchat import messages as m
+from rawchat.chat import Room
+from tests.unit.fakes import Client, FakeLoop, make_state
+
+
+class V1:
+    """A rawchat.v1 client over the fake transport that speaks and reads JSON."""
+
+    def __init__(self, state: Any, loop: FakeLoop) -> None:
+        self.client = Client(state, loop, subprotocols=[m.PROTOCOL])
+        self.seen = 0
+
+    def say(self, **message: Any) -> None:
+        self.client.send(TextMessage(json.dumps(message)))
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every JSON message the server sent since the last read."""
+        self.client.receive()
+        texts = [e.data for e in self.client.events if isinstance(e, TextMessage)]
+        new, self.seen = texts[self.seen :], len(texts)
+        return [json.loads(t) for t in new]
+
+    def closes(self) -> list[int]:
+        return [e.code for e in self.client.events if isinstance(e, CloseConnection)]
+
+
+def hello(state: Any, loop: FakeLoop, nick: str, **extra: Any) -> V1:
+    client = V1(state, loop)
+    client.say(type="hello", nick=nick, **extra)
+    return client
+
+
+def test_hello_gets_welcome_then_joined_lobby_with_members() -> None:
+    state, loop = make_state()
+    ann = hello(state, loop, "ann")
+    welcome, joined = ann.read()
+    assert welcome["type"] == "welcome" and welcome["nick"] == "ann"
+    assert welcome["limits"]["max_rooms"] == 16
+    assert joined == {
+        "type": "joined",
+        "room": "lobby",
+        "members": ["ann"],
+        "history": [],
+        "last_id": 0,
+        "truncated": False,
+    }
+
+
+def test_messages_reach_the_room_and_the_sender_gets_its_cid_back() -> None:
+    state, loop = make_state()
+    ann, bob = hello(state, loop, "ann"), hello(state, loop, "bob")
+    ann.read(), bob.read()
+    ann.say(type="msg", room="lobby", text="hi bob", cid="c1")
+    (own,) = [x for x in ann.read() if x["type"] == "msg"]
+    (theirs,) = [x for x in bob.read() if x["type"] == "msg"]
+    assert own["cid"] == "c1" and "cid" not in theirs
+    assert own["id"] == theirs["id"] == 1
+    assert own["ts"] == theirs["ts"]
+    assert theirs["nick"] == "ann" and theirs["text"] == "hi bob"
+
+
+def test_presence_on_join_leave_and_rename() -> None:
+    state, loop = make_state()
+    ann = hello(state, loop, "ann")
+    ann.read()
+    bob = hello(state, loop, "bob")
+    bob.read()
+    bob.say(type="nick", nick="bobby")
+    bob.say(type="leave", room="lobby")
+    events = [x for x in ann.read() if x["type"] == "presence"]
+    assert events == [
+        {"type": "presence", "room": "lobby", "event": "join", "nick": "bob"},
+        {"type": "presence", "room": "lobby", "event": "nick", "nick": "bobby", "old": "bob"},
+        {"type": "presence", "room": "lobby", "event": "leave", "nick": "bobby"},
+    ]
+    assert bob.read()[-1] == {"type": "left", "room": "lobby"}
+
+
+def test_nicks_are_unique_case_insensitively_and_a_taken_nick_is_not_a_disconnect() -> None:
+    state, loop = make_state()
+    hello(state, loop, "Ann").read()
+    other = hello(state, loop, "aNN")
+    (error,) = other.read()
+    assert error["type"] == "error" and error["code"] == "nick_taken"
+    other.say(type="hello", nick="ann2")
+    assert [x["type"] for x in other.read()] == ["welcome", "joined"]
+    assert other.closes() == []
+
+
+def test_a_disconnect_frees_the_nick_and_tells_the_room() -> None:
+    state, loop = make_state()
+    ann, bob = hello(state, loop, "ann"), hello(state, loop, "bob")
+    ann.read()
+    bob.client.transport.close()
+    loop.run_ready()
+    assert ann.read()[-1] == {"type": "presence", "room": "lobby", "event": "leave", "nick": "bob"}
+    again = hello(state, loop, "bob")
+    assert again.read()[0]["type"] == "welcome"
+
+
+def test_rooms_are_separate() -> None:
+    state, loop = make_state()
+    ann, bob = hello(state, loop, "ann"), hello(state, loop, "bob")
+    ann.say(type="join", room="dev")
+    ann.say(type="msg", room="dev", text="dev talk")
+    ann.read()
+    assert [x for x in bob.read() if x["type"] == "msg"] == []
+    bob.say(type="msg", room="dev", text="sneaky", cid="x")
+    (error,) = [x for x in bob.read() if x["type"] == "error"]
+    assert error["code"] == "not_in_room" and error["cid"] == "x"
+
+
+def test_max_rooms_is_enforced() -> None:
+    state, loop = make_state(max_rooms=2)
+    ann = hello(state, loop, "ann")
+    ann.say(type="join", room="one")
+    ann.say(type="join", room="two")
+    replies = ann.read()
+    assert replies[-1]["code"] == "too_many_rooms"
+
+
+def test_history_on_join_holds_the_last_messages() -> None:
+    state, loop = make_state(history=3)
+    ann = hello(state, loop, "ann")
+    for i in range(5):
+        ann.say(type="msg", room="lobby", text=f"m{i}")
+    late = hello(state, loop, "late")
+    joined = late.read()[1]
+    assert [h["text"] for h in joined["history"]] == ["m2", "m3", "m4"]
+    assert joined["last_id"] == 5 and joined["truncated"] is True
+
+
+def test_resume_gives_exactly_the_missed_messages() -> None:
+    state, loop = make_state()
+    ann = hello(state, loop, "ann")
+    for i in range(6):
+        ann.say(type="msg", room="lobby", text=f"m{i}")
+    epoch = ann.read()[0]["epoch"]
+    back = hello(state, loop, "bob", resume={"lobby": 4}, epoch=epoch)
+    joined = back.read()[1]
+    assert [h["id"] for h in joined["history"]] == [5, 6]
+    assert joined["truncated"] is False
+
+
+def test_resume_from_another_server_run_is_truncated() -> None:
+    state, loop = make_state()
+    ann = hello(state, loop, "ann")
+    ann.say(type="msg", room="lobby", text="new run")
+    back = hello(state, loop, "bob", resume={"lobby": 1}, epoch="another-run")
+    joined = back.read()[1]
+    assert joined["truncated"] is True
+    assert [h["text"] for h in joined["history"]] == ["new run"]
+
+
+def test_plain_and_v1_clients_share_the_lobby() -> None:
+    state, loop = make_state()
+    ann = hello(state, loop, "ann")
+    plain = Client(state, loop)
+    plain.send(TextMessage("hi from the tutorial"))
+    ann.say(type="msg", room="lobby", text="hi plain")
+    got = [x for x in ann.read() if x["type"] in ("msg", "presence")]
+    assert got[0]["event"] == "join" and got[0]["nick"].startswith("guest-")
+    assert got[1]["nick"] == got[0]["nick"] and got[1]["text"] == "hi from the tutorial"
+    plain.receive()
+    assert [e.data for e in plain.events if isinstance(e, TextMessage)] == [
+        "hi from the tutorial",
+        "hi plain",
+    ]
+
+
+def test_garbage_gets_errors_then_a_rawchat_close_code() -> None:
+    state, loop = make_state()
+    bad = hello(state, loop, "bad")
+    bad.read()
+    bad.client.send(TextMessage("not json"))
+    assert bad.read()[0]["code"] == "bad_json"
+    assert bad.closes() == []
+    for _ in range(9):
+        bad.client.send(TextMessage("{"))
+    bad.read()
+    assert bad.closes() == [m.CloseCode.TOO_MANY_ERRORS]
+
+
+def test_a_v1_client_that_never_says_hello_is_closed() -> None:
+    state, loop = make_state(handshake_timeout=5.0)
+    mute = V1(state, loop)
+    loop.advance(5.1)
+    mute.read()
+    assert mute.closes() == [m.CloseCode.HELLO_TIMEOUT]
+
+
+@given(
+    kept=st.integers(min_value=0, max_value=20),
+    total=st.integers(min_value=0, max_value=60),
+    after=st.one_of(st.none(), st.integers(min_value=0, max_value=80)),
+)
+def test_resume_never_gaps_or_duplicates(kept: int, total: int, after: int | None) -> None:
+    room = Room("r", kept)
+    for i in range(1, total + 1):
+        room.last_id = i
+        room.history.append(m.encode_msg("r", i, 0.0, "n", str(i)))
+    history, truncated = room.resume(after)
+    ids = [json.loads(h)["id"] for h in history]
+    assert ids == sorted(set(ids)), "strictly increasing, no duplicates"
+    if not truncated:
+        start = 0 if after is None else after
+        assert ids == list(range(start + 1, total + 1)), "exactly the missed messages"
+    else:
+        assert ids == list(range(total - min(kept, total) + 1, total + 1)), "all that is kept"

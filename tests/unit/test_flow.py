@@ -1,0 +1,44 @@
+"""Flow control: senders are held while a client is behind, and released when it catches up."""
+
+from __future__ import annotations
+
+from wsproto.events import TextMessage
+
+from tests.unit.fakes import Client, make_state
+
+
+def test_a_sender_is_held_while_a_client_is_congested_and_released_when_it_drains() -> None:
+    state, loop = make_state(max_buffer=4096, slow_timeout=2.0)
+    sender, behind = Client(state, loop), Client(state, loop)
+    assert behind.conn.outbox is not None
+    behind.conn.pause_writing()  # its transport passed the pressure mark
+    sender.send(TextMessage("hello"))
+    assert not sender.transport.reading, "the server stops reading the sender"
+    behind.conn.resume_writing()
+    assert sender.transport.reading, "and resumes once nobody is behind"
+    assert state.hub.evictions == 0
+
+
+def test_a_client_that_stays_congested_is_evicted_and_senders_go_on() -> None:
+    state, loop = make_state(max_buffer=4096, slow_timeout=2.0)
+    sender, stuck = Client(state, loop), Client(state, loop)
+    stuck.conn.pause_writing()
+    sender.send(TextMessage("hello"))
+    assert not sender.transport.reading
+    loop.advance(2.1)
+    assert state.hub.evictions == 1
+    assert sender.transport.reading
+    stuck.receive()
+    assert stuck.events[-1].code == 1008  # type: ignore[attr-defined]
+
+
+def test_a_flood_within_one_iteration_holds_the_sender_until_the_flush() -> None:
+    state, loop = make_state(max_buffer=4096)  # pressure mark: 1024 bytes
+    sender, reader = Client(state, loop), Client(state, loop)
+    for _ in range(20):
+        sender.send(TextMessage("y" * 100))
+    assert not sender.transport.reading, "held once the queues passed the pressure mark"
+    reader.receive()
+    assert sender.transport.reading, "released by the flush: nobody is behind"
+    assert [e.data for e in reader.events if isinstance(e, TextMessage)] == ["y" * 100] * 20
+    assert state.hub.evictions == 0
