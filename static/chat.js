@@ -29,6 +29,7 @@
     app: $("app"),
     status: $("status"),
     statusText: $("status-text"),
+    statusLive: $("status-live"),
     retryNow: $("retry-now"),
     nickForm: $("nick-form"),
     nick: $("nick"),
@@ -76,6 +77,7 @@
     rooms: new Map(), // name -> room, in the order joined
     current: null,
     joinWanted: null, // room to switch to once its `joined` arrives
+    focusComposer: false,
   };
   const cidPrefix = Math.random().toString(36).slice(2, 8);
   let cidCounter = 0;
@@ -144,7 +146,15 @@
     return `${scheme}//${location.host}/ws`;
   }
 
+  const SPOKEN_STATUS = {
+    idle: "Offline",
+    connecting: "Connecting",
+    reconnecting: "Connection lost, reconnecting",
+    online: "Online",
+  };
+
   function setStatus(kind, text) {
+    if (ui.status.dataset.state !== kind) ui.statusLive.textContent = SPOKEN_STATUS[kind];
     ui.status.dataset.state = kind;
     ui.statusText.textContent = text;
     ui.retryNow.hidden = kind !== "reconnecting";
@@ -319,8 +329,11 @@
     if (state.joinWanted === name || state.current === null) {
       state.joinWanted = null;
       switchRoom(name);
-    } else if (state.current === name) {
-      renderMembers();
+    }
+    if (state.focusComposer && !ui.text.disabled) {
+      // Right after picking a nickname, the next thing to do is to write.
+      state.focusComposer = false;
+      ui.text.focus();
     }
     flushPending(room);
   }
@@ -492,6 +505,7 @@
   function setJoined(room, joined) {
     room.joined = joined;
     room.button.classList.toggle("syncing", !joined);
+    if (isCurrent(room)) renderMembers();
   }
 
   function switchRoom(name) {
@@ -537,6 +551,8 @@
       return item;
     });
     ui.memberList.replaceChildren(...items);
+    // While rejoining, the list is what we knew before the drop: show it as such.
+    ui.memberList.classList.toggle("stale", Boolean(room) && !room.joined);
     ui.memberCount.textContent = room ? String(members.length) : "";
   }
 
@@ -747,8 +763,10 @@
   }
 
   function autoGrow() {
+    // scrollHeight leaves out the borders, which border-box sizing counts in the height.
+    const borders = ui.text.offsetHeight - ui.text.clientHeight;
     ui.text.style.height = "auto";
-    ui.text.style.height = `${Math.min(ui.text.scrollHeight, 160)}px`;
+    ui.text.style.height = `${Math.min(ui.text.scrollHeight + borders, 160)}px`;
   }
 
   function askForNick(error) {
@@ -773,7 +791,7 @@
     ui.app.inert = false;
     if (state.ws) state.ws.close(1000);
     else connect();
-    ui.text.focus();
+    state.focusComposer = true;
   }
 
   ui.loginForm.addEventListener("submit", (event) => {

@@ -1,0 +1,81 @@
+"""Fixtures for the browser tests; the machinery itself lives in harness.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwright
+
+from .harness import (
+    DESKTOP,
+    ChatPage,
+    PageProblems,
+    RawchatServer,
+    TcpProxy,
+    launch_chromium,
+    require_chromium,
+)
+
+
+@pytest.fixture(scope="session")
+def playwright() -> Iterator[Playwright]:
+    require_chromium()
+    with sync_playwright() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = launch_chromium(playwright)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def server() -> Iterator[RawchatServer]:
+    server = RawchatServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_proxy(server: RawchatServer) -> Iterator[Callable[[], TcpProxy]]:
+    proxies: list[TcpProxy] = []
+
+    def make() -> TcpProxy:
+        proxy = TcpProxy(server.port)
+        proxies.append(proxy)
+        proxy.start()
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()
+
+
+@pytest.fixture
+def page_problems() -> PageProblems:
+    return PageProblems()
+
+
+@pytest.fixture
+def open_chat(
+    browser: Browser, server: RawchatServer, page_problems: PageProblems
+) -> Iterator[Callable[..., ChatPage]]:
+    """Opens the chat page as `nick` in a fresh browser context (its own localStorage)."""
+    contexts: list[BrowserContext] = []
+
+    def open_chat(nick: str, *, url: str | None = None, viewport: dict | None = None) -> ChatPage:
+        context = browser.new_context(viewport=viewport or DESKTOP)
+        contexts.append(context)
+        page = context.new_page()
+        page_problems.watch(page)
+        return ChatPage(page).open(url or server.url, nick)
+
+    yield open_chat
+    for context in contexts:
+        context.close()
+    assert page_problems.errors == [], "uncaught errors in the page"
+    assert page_problems.dialogs == [], "the page opened a dialog"

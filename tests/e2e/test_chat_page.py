@@ -1,0 +1,266 @@
+"""The chat page in a real browser against a real server: what a person sees and can do."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+from playwright.sync_api import Browser, Playwright, expect
+
+from .harness import (
+    ARTIFACTS,
+    PHONE,
+    ChatPage,
+    PageProblems,
+    RawchatServer,
+    TcpProxy,
+    launch_chromium,
+)
+
+pytestmark = pytest.mark.e2e
+
+OpenChat = Callable[..., ChatPage]
+RESTART_NOTICE = "The server restarted: earlier history is gone."
+
+
+def test_two_people_chat(open_chat: OpenChat) -> None:
+    ann = open_chat("ann")
+    bob = open_chat("bob")
+    expect(ann.members).to_have_text(["ann(you)", "bob"])
+
+    ann.send("hello bob")
+    seen_by_bob = bob.message("hello bob")
+    expect(seen_by_bob).to_have_count(1)
+    expect(seen_by_bob.get_by_test_id("msg-nick")).to_have_text("ann")
+    expect(seen_by_bob.get_by_test_id("msg-time")).to_have_text(re.compile(r"\d"))
+    # Only the author sees a delivery state, and it turns to Sent on the server's ack.
+    expect(seen_by_bob.get_by_test_id("msg-status")).to_have_count(0)
+    expect(ann.message("hello bob").get_by_test_id("msg-status")).to_have_text("Sent")
+
+    bob.send("hi ann, multi word reply")
+    seen_by_ann = ann.message("hi ann, multi word reply")
+    expect(seen_by_ann.get_by_test_id("msg-nick")).to_have_text("bob")
+    expect(bob.message("hi ann, multi word reply").get_by_test_id("msg-status")).to_have_text(
+        "Sent"
+    )
+    expect(ann.messages.get_by_test_id("msg-text")).to_have_text(
+        ["hello bob", "hi ann, multi word reply"]
+    )
+    ann.screenshot("two-people-ann-desktop")
+
+
+def test_markup_in_messages_and_nicks_is_only_text(
+    open_chat: OpenChat, page_problems: PageProblems
+) -> None:
+    payload = "<img src=x onerror=alert(1)>"
+    ann = open_chat("ann")
+    eve = open_chat("<b>eve</b>")
+
+    eve.send(payload)
+    shown = ann.message(payload)
+    expect(shown).to_have_count(1)
+    expect(shown.get_by_test_id("msg-nick")).to_have_text("<b>eve</b>")
+    expect(ann.members.filter(has_text="<b>eve</b>")).to_have_count(1)
+    # Sync point: the sender's acknowledgement, then a later message, so that anything the
+    # payload could have triggered has had its chance.
+    expect(eve.message(payload).get_by_test_id("msg-status")).to_have_text("Sent")
+    ann.send("after the payload")
+    expect(eve.message("after the payload")).to_have_count(1)
+
+    for person in (ann, eve):
+        expect(person.log.locator("img")).to_have_count(0)
+        expect(person.page.locator("b")).to_have_count(0)
+    assert page_problems.dialogs == []
+    ann.screenshot("markup-is-text-desktop")
+
+
+def test_dropped_connection_comes_back_without_gaps_or_doubles(
+    open_chat: OpenChat, make_proxy: Callable[[], TcpProxy]
+) -> None:
+    proxy = make_proxy()
+    ann = open_chat("ann", url=proxy.url)
+    bob = open_chat("bob")
+    bob.send("before the drop")
+    expect(ann.message("before the drop")).to_have_count(1)
+
+    proxy.go_down()
+    expect(ann.status).to_contain_text(re.compile(r"Reconnecting"))
+    expect(bob.members).to_have_text(["bob(you)"])
+    missed = [f"while ann was away {n}" for n in range(1, 4)]
+    for text in missed:
+        bob.send(text)
+        expect(bob.message(text).get_by_test_id("msg-status")).to_have_text("Sent")
+    # Written while offline: waits, then goes out once the page is back.
+    ann.send("typed while offline")
+    expect(ann.message("typed while offline").get_by_test_id("msg-status")).to_have_text("Sending…")
+    ann.screenshot("reconnecting-desktop")
+
+    proxy.go_up()
+    expect(ann.status).to_contain_text("Online")
+    expect(ann.nick_field).to_have_value("ann")
+    expect(ann.message("typed while offline").get_by_test_id("msg-status")).to_have_text("Sent")
+    expect(ann.messages.get_by_test_id("msg-text")).to_have_text(
+        ["before the drop", *missed, "typed while offline"]
+    )
+    expect(bob.messages.get_by_test_id("msg-text")).to_have_text(
+        ["before the drop", *missed, "typed while offline"]
+    )
+    expect(ann.log.get_by_test_id("notice")).to_have_count(0)
+    ann.screenshot("reconnected-desktop")
+
+
+def test_server_restart_is_said_plainly(open_chat: OpenChat, server: RawchatServer) -> None:
+    ann = open_chat("ann")
+    bob = open_chat("bob")
+    bob.send("before the restart")
+    expect(ann.message("before the restart")).to_have_count(1)
+
+    server.restart()
+
+    for person in (ann, bob):
+        expect(person.status).to_contain_text("Online")
+        expect(person.log.get_by_test_id("notice")).to_have_text([RESTART_NOTICE])
+    # Ids start again at 1 after a restart: the new message must not be taken for the old
+    # one with the same id, nor the old one shown twice.
+    bob.send("after the restart")
+    expect(ann.message("after the restart")).to_have_count(1)
+    expect(ann.message("before the restart")).to_have_count(1)
+    expect(ann.messages.get_by_test_id("msg-text")).to_have_text(
+        ["before the restart", "after the restart"]
+    )
+    ann.screenshot("server-restarted-desktop")
+
+
+def test_tutorial_page_works_unchanged(
+    playwright: Playwright,
+    server: RawchatServer,
+    open_chat: OpenChat,
+) -> None:
+    # The tutorial hard-codes ws://localhost:8080/ws. Instead of hoping port 8080 is free,
+    # Chromium's resolver maps localhost:8080 to this test's server; the page is loaded
+    # from the same mapped origin, so nothing about it differs from the real thing.
+    mapping = f"--host-resolver-rules=MAP localhost:8080 127.0.0.1:{server.port}"
+    browser = launch_chromium(playwright, mapping)
+    try:
+        watcher = open_chat("watcher")
+        pages = []
+        for _ in range(2):
+            page = browser.new_context(viewport={"width": 800, "height": 600}).new_page()
+            with page.expect_console_message(lambda m: m.text == "Socket opened successfully"):
+                page.goto("http://localhost:8080/tutorial.html")
+            pages.append(page)
+        first, second = pages
+
+        first.locator("#textbox").fill("hello from the tutorial")
+        first.locator("#button").click()
+        for page in pages:
+            expect(page.locator("#box > div")).to_have_text(["hello from the tutorial"])
+        # The v1 page sees it in the lobby, from a guest: proof the tutorial reached *this*
+        # server and not whatever else might listen on the real port 8080.
+        said = watcher.message("hello from the tutorial")
+        expect(said.get_by_test_id("msg-nick")).to_have_text(re.compile(r"^guest-\d+$"))
+
+        watcher.send("hello tutorial")
+        for page in pages:
+            expect(page.locator("#box > div")).to_have_text(
+                ["hello from the tutorial", "hello tutorial"]
+            )
+        second.screenshot(path=ARTIFACTS / "tutorial.png")
+    finally:
+        browser.close()
+
+
+def test_rooms_are_separate_and_presence_follows(open_chat: OpenChat) -> None:
+    ann = open_chat("ann")
+    bob = open_chat("bob")
+
+    ann.join("dev")
+    expect(ann.page.get_by_test_id("room-title")).to_have_text("dev")
+    expect(ann.room_button("dev")).to_have_attribute("aria-current", "true")
+    expect(ann.members).to_have_text(["ann(you)"])
+    ann.send("only for dev")
+    expect(ann.message("only for dev").get_by_test_id("msg-status")).to_have_text("Sent")
+
+    # bob, in lobby only, hears nothing from dev; a later lobby message is the sync point.
+    ann.room_button("lobby").click()
+    ann.send("back in lobby")
+    expect(bob.message("back in lobby")).to_have_count(1)
+    expect(bob.page.get_by_text("only for dev")).to_have_count(0)
+    expect(bob.room_button("dev")).to_have_count(0)
+
+    # bob joins dev: he gets its history, and ann's list of who is there updates.
+    bob.join("dev")
+    expect(bob.message("only for dev")).to_have_count(1)
+    ann.room_button("dev").click()
+    expect(ann.members).to_have_text(["ann(you)", "bob"])
+    expect(ann.log).to_contain_text("bob joined")
+
+    # A message in a room you are not looking at shows as unread.
+    ann.room_button("lobby").click()
+    bob.send("psst, dev")
+    expect(ann.room_button("dev")).to_contain_text("1")
+    ann.room_button("dev").click()
+    expect(ann.message("psst, dev")).to_have_count(1)
+
+    bob.page.get_by_test_id("leave").click()
+    expect(bob.room_button("dev")).to_have_count(0)
+    expect(bob.page.get_by_test_id("room-title")).to_have_text("lobby")
+    expect(ann.members).to_have_text(["ann(you)"])
+    expect(ann.log).to_contain_text("bob left")
+
+    ann.join(".hidden")
+    expect(ann.page.get_by_test_id("join-hint")).to_contain_text("not starting with a dot")
+    ann.screenshot("rooms-desktop")
+
+
+def test_taken_nick_gets_a_variant_and_renames_show(open_chat: OpenChat) -> None:
+    ann = open_chat("ann")
+    other = open_chat("ANN")
+    expect(other.nick_field).to_have_value("ANN2")
+    expect(other.page.get_by_test_id("notice")).to_contain_text("taken")
+    expect(ann.members).to_have_text(["ann(you)", "ANN2"])
+
+    other.nick_field.fill("anne")
+    other.nick_field.press("Enter")
+    expect(ann.log).to_contain_text("ANN2 is now known as anne")
+    expect(ann.members).to_have_text(["ann(you)", "anne"])
+    expect(other.members).to_have_text(["ann", "anne(you)"])
+
+    other.nick_field.fill("ann")
+    other.nick_field.press("Enter")
+    expect(other.page.get_by_test_id("notice")).to_contain_text("taken")
+    expect(other.nick_field).to_have_value("anne")
+
+
+def test_layout_desktop_and_phone(open_chat: OpenChat, browser: Browser) -> None:
+    desktop = open_chat("ann")
+    phone = open_chat("bob", viewport=PHONE)
+    desktop.join("design")
+    desktop.room_button("lobby").click()
+    long_word = "supercalifragilisticexpialidocious" * 4
+    desktop.send(f"A long word should wrap, not widen the page: {long_word}")
+    phone.send("Looks fine on a phone too.\nEven with a second line.")
+    desktop.send("Good. Shipping it.")
+    expect(phone.message("Good. Shipping it.")).to_have_count(1)
+    expect(desktop.message("Good. Shipping it.").get_by_test_id("msg-status")).to_have_text("Sent")
+
+    for person in (desktop, phone):
+        overflow = person.page.evaluate(
+            "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow == 0, "the page scrolls sideways"
+        expect(person.page.get_by_role("textbox", name="Message", exact=True)).to_be_in_viewport()
+    desktop.screenshot("chat-desktop")
+    phone.screenshot("chat-phone")
+
+    # First visit: the nickname prompt, on both sizes.
+    for name, viewport in (("desktop", {"width": 1280, "height": 800}), ("phone", PHONE)):
+        context = browser.new_context(viewport=viewport)
+        try:
+            page = context.new_page()
+            page.goto(desktop.page.url)
+            expect(page.get_by_label("Choose a nickname")).to_be_focused()
+            page.screenshot(path=ARTIFACTS / f"nickname-prompt-{name}.png")
+        finally:
+            context.close()
