@@ -61,6 +61,8 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     parser.add_argument("--no-pin", action="store_true", **d,
                         help="don't pin server and load tool to separate cores")
     parser.add_argument("--no-status", action="store_true", **d, help="no live status line")
+    parser.add_argument("--status-lines", action="store_true", **d,
+                        help="print the status as lines every half second, also to a file")
     parser.add_argument("--no-save", action="store_true", **d,
                         help="don't append results to the JSON lines file")
     parser.add_argument("--results", type=Path, **(d or {"default": report.RESULTS_FILE}),
@@ -105,7 +107,8 @@ def load_from_args(scenario: str, args: argparse.Namespace) -> Load:
     if getattr(args, "max", False):
         overrides["clients"] = 19_000
     sources = tuple(f"127.0.0.{i}" for i in range(2, 2 + max(1, min(args.sources, 250))))
-    return load_for(scenario, sources=sources, status=not args.no_status, **overrides)
+    return load_for(scenario, sources=sources, status=not args.no_status,
+                    status_lines=args.status_lines, **overrides)
 
 
 async def run_one(

@@ -2,8 +2,8 @@
 
 Thousands of these live in one process, so the receive path does as little
 as it can. Most connections only count: every message in a run has the
-same size, so frames follow from the byte count (``count_aligned``) unless a
-control frame shows up in the chunk. Sampled connections parse every frame
+same size, so frames follow from the byte count (``count_aligned``) as long
+as every frame boundary holds a text frame's first byte. Sampled connections parse every frame
 and decode the probe (sender, sequence, send time) to measure latency and
 check order.
 """
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from benchmarks.frames import (
-    CONTROL_BYTE,
     OP_CLOSE,
     OP_PING,
     PROBE_HEAD,
@@ -108,11 +107,11 @@ class BenchClient(asyncio.Protocol):
         if reader is None:
             self._handshake_data(data)
             return
-        if not self.sampled and not reader.buf and CONTROL_BYTE.search(data) is None:
-            reader.frames, reader.skip = count_aligned(
-                reader.frames, reader.skip, len(data), self.run.frame_size
-            )
-            return
+        if not self.sampled and not reader.buf:
+            counted = count_aligned(reader.frames, reader.skip, data, self.run.frame_size)
+            if counted is not None:
+                reader.frames, reader.skip = counted
+                return
         if self.sampled:
             self._now = time.monotonic_ns()
         reader.feed(data)

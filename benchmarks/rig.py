@@ -34,6 +34,7 @@ class Load:
     sources: tuple[str, ...] = tuple(f"127.0.0.{i}" for i in range(2, 10))
     concurrency: int = 100
     status: bool = True
+    status_lines: bool = False
     # fanout-max: doubling from start_rate, then bisecting, each step short.
     start_rate: float = 50.0
     step_seconds: float = 4.0
@@ -74,8 +75,10 @@ def percentiles_ms(samples: array[int]) -> dict[str, float | None]:
 class StatusLine:
     """A live one-line status on a terminal; silent when stderr is not one."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+    def __init__(self, enabled: bool, lines: bool = False) -> None:
+        #: ``lines``: print each status on its own line, also when not a terminal.
+        self.lines = lines
+        self.enabled = lines or (enabled and sys.stderr.isatty())
         self._task: asyncio.Task[None] | None = None
 
     def start(self, text: Callable[[], str], every: float = 0.5) -> None:
@@ -85,7 +88,10 @@ class StatusLine:
         async def loop() -> None:
             while True:
                 await asyncio.sleep(every)
-                sys.stderr.write("\r\x1b[K" + text()[:200])
+                if self.lines:
+                    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {text()}\n")
+                else:
+                    sys.stderr.write("\r\x1b[K" + text()[:200])
                 sys.stderr.flush()
 
         self._task = asyncio.create_task(loop())
@@ -95,8 +101,9 @@ class StatusLine:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+            if not self.lines:
+                sys.stderr.write("\r\x1b[K")
+                sys.stderr.flush()
 
 
 class RssSampler:
@@ -137,7 +144,7 @@ class Rig:
         self.excluded: set[int] = set()
         self.joined_at: dict[int, int] = {}
         self.attempted = 0
-        self.status = StatusLine(load.status)
+        self.status = StatusLine(load.status, load.status_lines)
         self.connect_errors: dict[str, int] = {}
 
     @property
@@ -267,6 +274,7 @@ class Rig:
             return (
                 f"{self.label} {phase}: conns {len(self.receivers())} "
                 f"sent {(snap.sent - prev.sent) / dt:,.0f}/s "
+                f"held {sum(1 for s in self.senders if not s.client.can_write)} "
                 f"delivered {(snap.delivered - prev.delivered) / dt:,.0f}/s "
                 f"tool cpu {100 * (snap.tool_cpu - prev.tool_cpu) / dt:.0f}% "
                 f"server cpu {100 * (snap.server_cpu - prev.server_cpu) / dt:.0f}% "

@@ -158,7 +158,7 @@ async def _hold_connections(
     notes: list[str] = []
     count = _cap_clients(load.clients, notes)
     run = RunState(load.size, 1)
-    status = StatusLine(load.status)
+    status = StatusLine(load.status, load.status_lines)
     rss_before = server.rss_bytes()
     cpu_before = server.cpu_seconds()
     started = time.perf_counter()
