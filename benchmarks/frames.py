@@ -266,7 +266,10 @@ class SequenceCheck:
         else:
             self.duplicates += 1
 
-    def lost(self, sent: int, first: int = 0) -> int:
-        """Messages among ``first`` .. ``sent - 1`` never seen here."""
-        tail = max(0, sent - max(self.expected, first))
-        return len([s for s in self.missing if s >= first]) + self.gap_overflow + tail
+    def lost(self, first: int = 0) -> int:
+        """Messages skipped over: a later one arrived, this one never did.
+
+        Messages after the last one seen are not counted here: they may
+        still be on their way (the byte counts say how many are missing).
+        """
+        return len([s for s in self.missing if s >= first]) + self.gap_overflow

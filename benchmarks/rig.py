@@ -316,7 +316,10 @@ class Rig:
         metrics: dict[str, object] = {
             "offered_msg_per_s": round(rate, 1),
             "sent_msg_per_s": round(sent / wall, 1),
-            "send_ratio": round(sent / max(b.attempted - a.attempted, 1), 4),
+            # Achieved against offered: below 1 when senders were held back
+            # (their transport paused) or the pacer itself fell behind.
+            "send_ratio": round(sent / (rate * wall), 4) if rate else None,
+            "held_back": (b.attempted - a.attempted) - sent,
             "receivers": receivers,
             "offered_deliveries_per_s": round(rate * receivers),
             "delivered_per_s": round(delivered / wall),
@@ -356,9 +359,9 @@ class Rig:
             for sid, check in enumerate(c.checks):
                 if c.late:
                     first = c.first_seq[sid] if c.first_seq[sid] >= 0 else sent_by[sid]
-                    lost += check.lost(sent_by[sid], first)
+                    lost += check.lost(first)
                 else:
-                    lost += check.lost(sent_by[sid])
+                    lost += check.lost()
                 dup += check.duplicates
                 reordered += check.reordered
         return {

@@ -96,6 +96,11 @@ async def fanout_max(server: ServerProcess, load: Load) -> Result:
                 low = rate
                 if best is None or m["delivered_per_s"] > best["delivered_per_s"]:
                     best = m
+                if m["tool_saturated"]:
+                    # Past here the steps would measure the load tool, not the server.
+                    notes.append(f"stopped: load tool saturated at {rate:g} msg/s, the "
+                                 "server's ceiling is higher")
+                    break
             else:
                 high = rate
             if high is None:
@@ -161,6 +166,7 @@ async def _hold_connections(
     status = StatusLine(load.status, load.status_lines)
     rss_before = server.rss_bytes()
     cpu_before = server.cpu_seconds()
+    tool_before = time.process_time()
     started = time.perf_counter()
     clients = []
     status.start(lambda: f"{scenario} {server.spec.label}: "
@@ -174,6 +180,7 @@ async def _hold_connections(
         clients = result.clients
         connect_seconds = result.seconds
         cpu_after_connect = server.cpu_seconds()
+        tool_share = (time.process_time() - tool_before) / max(connect_seconds, 1e-6)
         opened = len(clients)
         metrics: dict[str, Any] = {
             "connections_wanted": count,
@@ -183,7 +190,13 @@ async def _hold_connections(
             "server_cpu_s": round(cpu_after_connect - cpu_before, 2),
             "server_cpu_ms_per_hs": round(1000 * (cpu_after_connect - cpu_before) / opened, 3)
             if opened else None,
+            "server_cpu_pct": round(100 * (cpu_after_connect - cpu_before) / connect_seconds, 1)
+            if connect_seconds else None,
+            "tool_cpu_pct": round(100 * tool_share, 1),
+            "tool_saturated": tool_share >= SATURATED,
         }
+        if tool_share >= SATURATED:
+            notes.append(SATURATED_NOTE)
         if result.errors:
             notes.append(f"connect errors: {dict(result.errors)}")
         with RssSampler(server) as rss:
@@ -316,8 +329,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "fanout": {},
     "fanout-max": {},
     "big": {"clients": 100, "size": 16 * 1024, "rate": 500.0},
-    "idle": {"clients": 10_000, "concurrency": 200},
-    "connect": {"clients": 10_000, "concurrency": 200},
+    "idle": {"clients": 10_000},
+    "connect": {"clients": 10_000},
     "overload": {"warmup": 0.0},
     "slow": {"rate": 200.0, "size": 1024},
 }
