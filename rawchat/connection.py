@@ -96,6 +96,15 @@ class Connection(asyncio.Protocol):
         self.state.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception:
+            # A bug, not bad input: bad input has its own answers. Close only
+            # this connection and say so once, with the traceback.
+            log.exception("%s: unexpected error, closing the connection", self.peer)
+            self._internal_error()
+
+    def _received(self, data: bytes) -> None:
         if self.phase == _WEBSOCKET:
             self._ws_received(data)
         elif self.phase == _HTTP:
@@ -381,6 +390,16 @@ class Connection(asyncio.Protocol):
             self.state.chat.disconnect(self.session)
             self.session = None
         self.state.websockets.discard(self)
+
+    def _internal_error(self) -> None:
+        if self.phase == _WEBSOCKET and self.ws is not None and not self._closing:
+            try:
+                self.fail(CloseReason.INTERNAL_ERROR, "internal error")
+                return
+            except Exception:
+                log.exception("%s: could not send 1011", self.peer)
+        if self.transport is not None:
+            self.transport.abort()
 
     def _hello_timeout(self) -> None:
         from rawchat.messages import CloseCode

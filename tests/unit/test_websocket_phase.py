@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from tests.unit.fakes import Client, make_state
@@ -198,3 +199,22 @@ def test_a_slow_client_is_evicted_with_1008_and_aborted() -> None:
     fast.send(TextMessage("still here"))
     fast.receive()
     assert texts(fast)[-1] == "still here"
+
+
+def test_a_bug_while_handling_a_message_closes_only_that_connection_with_1011(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    state, loop = make_state()
+    a, b = Client(state, loop), Client(state, loop)
+
+    def broken(session: object, data: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(state.chat, "plain_message", broken)
+    a.send(TextMessage("boom"))
+    a.receive()
+    assert [c.code for c in closes(a)] == [1011]
+    assert not b.transport.closed
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.exc_info is not None
+    caplog.clear()  # this test expects the error that the suite otherwise forbids
