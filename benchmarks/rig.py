@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from benchmarks.client import BenchClient, RunState, Sender, close_all, connect_many
-from benchmarks.servers import ServerProcess
+from benchmarks.servers import ServerProcess, machine_busy_seconds
 
 #: Share of its core above which the load tool counts as saturated.
 SATURATED = 0.9
@@ -58,6 +58,7 @@ class Snapshot:
     attempted: int
     sent: int
     delivered: int
+    machine_cpu: float = 0.0
 
 
 def percentiles_ms(samples: array[int]) -> dict[str, float | None]:
@@ -70,6 +71,18 @@ def percentiles_ms(samples: array[int]) -> dict[str, float | None]:
         return round(ordered[min(n - 1, int(q * n))] / 1e6, 3)
 
     return {"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99), "max_ms": at(1.0)}
+
+
+#: CPU used by other processes on the machine (% of one core) above which a
+#: run is flagged: on two cores, that work competes with server or tool.
+BUSY_MACHINE_PCT = 20.0
+
+
+def other_cpu_pct(a: Snapshot, b: Snapshot) -> float:
+    """CPU of everything but the server and this tool between two snapshots."""
+    wall = b.at - a.at
+    ours = (b.tool_cpu - a.tool_cpu) + (b.server_cpu - a.server_cpu)
+    return round(max(0.0, 100 * ((b.machine_cpu - a.machine_cpu) - ours) / wall), 1)
 
 
 class StatusLine:
@@ -217,6 +230,7 @@ class Rig:
             attempted=self.attempted,
             sent=self.total_sent,
             delivered=sum(c.delivered for c in self.clients if c.index not in self.excluded),
+            machine_cpu=machine_busy_seconds(),
         )
 
     def pending(self) -> int:
@@ -335,6 +349,7 @@ class Rig:
             "server_rss_peak_mb": round(rss.peak / 2**20, 1),
             "server_rss_growth_mb": round((b.server_rss - a.server_rss) / 2**20, 2),
             "tool_saturated": tool_share >= SATURATED,
+            "other_cpu_pct": other_cpu_pct(a, b),
         }
         return metrics
 

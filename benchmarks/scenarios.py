@@ -10,8 +10,8 @@ from typing import Any
 
 from benchmarks.client import RunState, close_all, connect_many
 from benchmarks.report import Result, last_metric
-from benchmarks.rig import SATURATED, Load, Rig, RssSampler, StatusLine
-from benchmarks.servers import ServerProcess, fd_limit
+from benchmarks.rig import BUSY_MACHINE_PCT, SATURATED, Load, Rig, RssSampler, StatusLine
+from benchmarks.servers import ServerProcess, fd_limit, machine_busy_seconds
 
 SATURATED_NOTE = "load tool saturated: ceiling not measured"
 #: A fanout-max step passes with this delivery ratio and p99 latency.
@@ -27,7 +27,15 @@ def _params(load: Load, *names: str) -> dict[str, Any]:
     return {n: getattr(load, n) for n in names}
 
 
+def _busy_note(metrics: dict[str, Any], notes: list[str]) -> None:
+    busy = metrics.get("other_cpu_pct") or 0.0
+    if busy >= BUSY_MACHINE_PCT:
+        notes.append(f"other processes used {busy:.0f}% of a core during the run: "
+                     "the numbers are not reliable")
+
+
 def _saturation_notes(metrics: dict[str, Any], notes: list[str]) -> None:
+    _busy_note(metrics, notes)
     if metrics.get("tool_saturated"):
         notes.append(SATURATED_NOTE)
     if (metrics.get("server_cpu_pct") or 0) >= 100 * SATURATED:
@@ -124,8 +132,10 @@ async def fanout_max(server: ServerProcess, load: Load) -> Result:
         for key in ("p50_ms", "p99_ms", "delivery_ratio", "server_cpu_pct", "tool_cpu_pct"):
             metrics[f"at_best_{key}"] = best[key]
     metrics["steps"] = len(steps)
+    metrics["other_cpu_pct"] = max((s["other_cpu_pct"] for s in steps), default=0.0)
     metrics["seconds"] = round(time.monotonic() - started, 1)
     metrics.update({k: order[k] for k in ("lost", "duplicated", "reordered")})
+    _busy_note(metrics, notes)
     if best is None:
         notes.append(f"even the first step ({load.start_rate:g} msg/s) fell behind")
     if any(s["tool_saturated"] for s in steps if s["rate"] == high) or (
@@ -167,6 +177,7 @@ async def _hold_connections(
     rss_before = server.rss_bytes()
     cpu_before = server.cpu_seconds()
     tool_before = time.process_time()
+    machine_before = machine_busy_seconds()
     started = time.perf_counter()
     clients = []
     status.start(lambda: f"{scenario} {server.spec.label}: "
@@ -219,7 +230,12 @@ async def _hold_connections(
     finally:
         await status.stop()
         await close_all(clients, graceful=False)
-    metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
+    wall = time.perf_counter() - started
+    ours = (time.process_time() - tool_before) + (server.cpu_seconds() - cpu_before)
+    metrics["other_cpu_pct"] = round(
+        max(0.0, 100 * ((machine_busy_seconds() - machine_before) - ours) / wall), 1)
+    metrics["wall_seconds"] = round(wall, 1)
+    _busy_note(metrics, notes)
     params = _params(load, "clients", "concurrency")
     params["hold"] = hold
     return Result(scenario, server.spec.label, params, metrics, notes)
@@ -307,7 +323,8 @@ async def slow(server: ServerProcess, load: Load) -> Result:
     metrics.update({k: order[k] for k in ("lost", "duplicated", "reordered")})
     metrics["close_codes"] = rig.close_codes()
     metrics["tool_saturated"] = base["tool_saturated"] or stalled["tool_saturated"]
-    notes: list[str] = []
+    metrics["other_cpu_pct"] = max(base["other_cpu_pct"], stalled["other_cpu_pct"])
+    notes = []
     _saturation_notes(metrics, notes)
     params = _params(load, "clients", "senders", "size", "rate", "duration", "slow_share",
                      "rcvbuf")

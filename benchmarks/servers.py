@@ -104,6 +104,14 @@ class ProcStats:
         return 0
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds spent by every process on the machine (all cores), from /proc/stat."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / _CLK_TCK
+
+
 class ServerProcess:
     """A server under test, started with ``--port 0``; use as a context manager."""
 

@@ -1,0 +1,128 @@
+"""Charts from benchmarks/results/results.jsonl: ``python -m benchmarks.plot``.
+
+Uses the latest result of each (scenario, server) pair and writes PNGs next
+to the results file:
+
+* ``latency.png``: p50/p90/p99 per server for fanout, big, slow and overload;
+* ``deliveries.png``: deliveries per second per server (fanout, fanout-max,
+  overload) and fanout-max's steps, delivered against offered.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import RESULTS_FILE, load
+
+LATENCY_PANELS = [
+    ("fanout", "fanout", ""),
+    ("big", "big (16 KiB)", ""),
+    ("slow", "slow: others, 1% stopped", "slow_"),
+    ("overload", "overload", ""),
+]
+PERCENTILES = ["p50", "p90", "p99"]
+
+
+def latest(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in records:
+        found[(record["scenario"], record["server"])] = record
+    return found
+
+
+def servers_of(found: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    names = sorted({server for _, server in found})
+    # rawchat first, so it has the same colour in every chart.
+    return sorted(names, key=lambda n: (not n.startswith("rawchat"), n))
+
+
+def plot(path: Path, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = latest(load(path))
+    if not found:
+        raise SystemExit(f"no results in {path}")
+    servers = servers_of(found)
+    colours = {s: f"C{i}" for i, s in enumerate(servers)}
+    written = []
+
+    panels = [p for p in LATENCY_PANELS if any((p[0], s) in found for s in servers)]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+        for ax, (scenario, title, prefix) in zip(axes[0], panels, strict=True):
+            width = 0.8 / len(servers)
+            for i, server in enumerate(servers):
+                metrics = found.get((scenario, server), {}).get("metrics", {})
+                values = [metrics.get(f"{prefix}{p}_ms") or 0 for p in PERCENTILES]
+                xs = [x + i * width for x in range(len(PERCENTILES))]
+                ax.bar(xs, values, width, label=server, color=colours[server])
+            ax.set_xticks([x + 0.4 - width / 2 for x in range(len(PERCENTILES))], PERCENTILES)
+            ax.set_yscale("log")
+            ax.set_title(title)
+            ax.set_ylabel("latency, ms (log)")
+        axes[0][0].legend()
+        fig.suptitle("End-to-end latency on sampled receivers")
+        fig.tight_layout()
+        target = out_dir / "latency.png"
+        fig.savefig(target, dpi=110)
+        plt.close(fig)
+        written.append(target)
+
+    fig, (bars, steps) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = [
+        ("fanout", "delivered_per_s", "fanout"),
+        ("fanout-max", "sustainable_deliveries_per_s", "fanout-max\nsustainable"),
+        ("overload", "delivered_per_s", "overload"),
+    ]
+    width = 0.8 / len(servers)
+    for i, server in enumerate(servers):
+        values = [
+            (found.get((sc, server), {}).get("metrics", {}).get(key) or 0) for sc, key, _ in labels
+        ]
+        bars.bar([x + i * width for x in range(len(labels))], values, width, label=server,
+                 color=colours[server])
+        record = found.get(("fanout-max", server))
+        if record:
+            detail = sorted(record["params"].get("step_detail", []), key=lambda s: s["rate"])
+            clients = record["params"].get("clients", 1)
+            steps.plot([s["rate"] * clients for s in detail],
+                       [s["delivered_per_s"] for s in detail], "o-", label=server,
+                       color=colours[server])
+    bars.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], [t for *_, t in labels])
+    bars.set_ylabel("deliveries per second")
+    bars.set_title("Deliveries per second")
+    bars.legend()
+    steps.set_xscale("log")
+    steps.set_yscale("log")
+    steps.set_xlabel("offered deliveries/s")
+    steps.set_ylabel("delivered/s")
+    steps.set_title("fanout-max steps")
+    if steps.has_data():
+        steps.legend()
+    fig.tight_layout()
+    target = out_dir / "deliveries.png"
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.plot", description=__doc__)
+    parser.add_argument("--results", type=Path, default=RESULTS_FILE)
+    parser.add_argument("--out", type=Path, default=None, help="directory for the PNGs")
+    args = parser.parse_args(argv)
+    out_dir = args.out or args.results.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for target in plot(args.results, out_dir):
+        print(target)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
