@@ -57,7 +57,7 @@ LOAD_FIELDS = [
 def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     # Given both before and after the scenario name; a sub-command's own
     # default must not overwrite a value given before it.
-    d = {} if top else {"default": argparse.SUPPRESS}
+    d: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     parser.add_argument("--no-pin", action="store_true", **d,
                         help="don't pin server and load tool to separate cores")
     parser.add_argument("--no-status", action="store_true", **d, help="no live status line")

@@ -12,6 +12,7 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from benchmarks.client import BenchClient, RunState, Sender, close_all, connect_many
 from benchmarks.servers import ServerProcess, machine_busy_seconds
@@ -299,7 +300,7 @@ class Rig:
 
     async def window(
         self, rate: float, warmup: float, duration: float, phase: str = "", drain: float = 10.0
-    ) -> dict[str, object]:
+    ) -> dict[str, Any]:
         """Offer load for warmup + duration seconds; measure the last ``duration``."""
         run = self.run
         run.latencies_ns = array("q")
@@ -327,7 +328,7 @@ class Rig:
         expected = sent * receivers
         tool_share = (b.tool_cpu - a.tool_cpu) / wall
         closed_after = sum(1 for c in self.clients if c.closed or c.close_code is not None)
-        metrics: dict[str, object] = {
+        metrics: dict[str, Any] = {
             "offered_msg_per_s": round(rate, 1),
             "sent_msg_per_s": round(sent / wall, 1),
             # Achieved against offered: below 1 when senders were held back

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks.client import RunState, close_all, connect_many
+from benchmarks.client import BenchClient, RunState, close_all, connect_many
 from benchmarks.report import Result, last_metric
 from benchmarks.rig import BUSY_MACHINE_PCT, SATURATED, Load, Rig, RssSampler, StatusLine
 from benchmarks.servers import ServerProcess, fd_limit, machine_busy_seconds
@@ -179,7 +179,7 @@ async def _hold_connections(
     tool_before = time.process_time()
     machine_before = machine_busy_seconds()
     started = time.perf_counter()
-    clients = []
+    clients: list[BenchClient] = []
     status.start(lambda: f"{scenario} {server.spec.label}: "
                  f"{sum(1 for c in clients if c.open)} open, "
                  f"rss {server.rss_bytes() / 2**20:.0f} MB")
@@ -324,7 +324,7 @@ async def slow(server: ServerProcess, load: Load) -> Result:
     metrics["close_codes"] = rig.close_codes()
     metrics["tool_saturated"] = base["tool_saturated"] or stalled["tool_saturated"]
     metrics["other_cpu_pct"] = max(base["other_cpu_pct"], stalled["other_cpu_pct"])
-    notes = []
+    notes: list[str] = []
     _saturation_notes(metrics, notes)
     params = _params(load, "clients", "senders", "size", "rate", "duration", "slow_share",
                      "rcvbuf")
