@@ -464,7 +464,11 @@
     const badge = el("span", "badge");
     badge.hidden = true;
     button.append(label, badge);
-    button.addEventListener("click", () => switchRoom(name));
+    button.addEventListener("click", () => {
+      // Picking a room by hand overrides a join still waiting to switch us elsewhere.
+      state.joinWanted = null;
+      switchRoom(name);
+    });
     item.append(button);
     ui.roomList.append(item);
 

@@ -237,6 +237,7 @@ def test_layout_desktop_and_phone(open_chat: OpenChat, browser: Browser) -> None
     desktop = open_chat("ann")
     phone = open_chat("bob", viewport=PHONE)
     desktop.join("design")
+    expect(desktop.page.get_by_test_id("room-title")).to_have_text("design")
     desktop.room_button("lobby").click()
     long_word = "supercalifragilisticexpialidocious" * 4
     desktop.send(f"A long word should wrap, not widen the page: {long_word}")
