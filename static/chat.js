@@ -271,7 +271,6 @@
     state.welcomedAt = Date.now();
     state.ghostRetries = 0;
     state.variant = 1;
-    state.attempt = 0;
     state.nick = String(message.nick);
     state.welcomedNick = state.nick;
     state.nickBefore = null;
@@ -289,6 +288,7 @@
           item.classList.add("stale");
         }
         addNotice(room, "The server restarted: earlier history is gone.", "restart");
+        room.justRestarted = true;
       }
     }
     setStatus("online", "Online");
@@ -306,7 +306,10 @@
     const history = Array.isArray(message.history) ? message.history : [];
     if (resuming && message.truncated) {
       addNotice(room, "Some messages from while you were away are no longer available.", "gap");
+    } else if (message.truncated && !room.justRestarted) {
+      addEvent(room, "Earlier messages are no longer available.");
     }
+    room.justRestarted = false;
     const unclaimed = [...room.pending.values()].filter((p) => p.sentOn !== null);
     for (const m of history) {
       // Our own message may have reached the server just before the connection broke,
@@ -482,6 +485,7 @@
       lastId: null,
       seen: new Set(),
       generation: 0,
+      justRestarted: false,
       members: new Set(),
       pending: new Map(),
       unread: 0,

@@ -18,6 +18,12 @@ from .harness import (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "server_args(*args): extra command-line arguments for the rawchat server"
+    )
+
+
 @pytest.fixture(scope="session")
 def playwright() -> Iterator[Playwright]:
     require_chromium()
@@ -33,8 +39,9 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 
 @pytest.fixture
-def server() -> Iterator[RawchatServer]:
-    server = RawchatServer()
+def server(request: pytest.FixtureRequest) -> Iterator[RawchatServer]:
+    marker = request.node.get_closest_marker("server_args")
+    server = RawchatServer(*(marker.args if marker else ()))
     server.start()
     yield server
     server.stop()

@@ -53,9 +53,10 @@ expect.set_options(timeout=20_000)
 class RawchatServer:
     """``python -m rawchat`` in a subprocess; can be killed and started again on its port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str) -> None:
         self.host = "127.0.0.1"
         self.port = 0
+        self.extra_args = extra_args
         self.log: list[str] = []
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
@@ -71,6 +72,7 @@ class RawchatServer:
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([*paths, str(REPO)]))
         command = [sys.executable, "-m", "rawchat", "--host", self.host, "--port", str(port)]
+        command += self.extra_args
         process = subprocess.Popen(
             command,
             cwd=ARTIFACTS,
@@ -140,6 +142,8 @@ class TcpProxy:
     A page loaded through the proxy opens its WebSocket through it too (same origin), so
     the test can break that page's connection without touching the server or the other
     pages: `go_down` resets every proxied connection and refuses new ones until `go_up`.
+    `hold_replies` stops forwarding what the server sends, so that a request can reach the
+    server while its answer is lost with the connection.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -151,6 +155,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._down = False
+        self._replies_flow = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -164,6 +169,7 @@ class TcpProxy:
         self._call(self._listen())
 
     async def _listen(self) -> None:
+        self._replies_flow.set()
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -180,7 +186,7 @@ class TcpProxy:
             self._writers.add(upstream)
             pumps = [
                 asyncio.ensure_future(self._pump(reader, upstream)),
-                asyncio.ensure_future(self._pump(up_reader, writer)),
+                asyncio.ensure_future(self._pump(up_reader, writer, self._replies_flow)),
             ]
             try:
                 # Either side closing ends the pair: HTTP and WebSocket need no half-close.
@@ -200,9 +206,15 @@ class TcpProxy:
             self._tasks.discard(task)
 
     @staticmethod
-    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pump(
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        gate: asyncio.Event | None = None,
+    ) -> None:
         with contextlib.suppress(OSError):
             while data := await source.read(65536):
+                if gate is not None:
+                    await gate.wait()
                 sink.write(data)
                 await sink.drain()
 
@@ -217,6 +229,16 @@ class TcpProxy:
 
     def go_up(self) -> None:
         self._down = False
+        self._call(self._set_replies(flowing=True))
+
+    def hold_replies(self) -> None:
+        self._call(self._set_replies(flowing=False))
+
+    async def _set_replies(self, *, flowing: bool) -> None:
+        if flowing:
+            self._replies_flow.set()
+        else:
+            self._replies_flow.clear()
 
     async def _shutdown(self) -> None:
         if self._server is not None:

@@ -265,3 +265,56 @@ def test_layout_desktop_and_phone(open_chat: OpenChat, browser: Browser) -> None
             page.screenshot(path=ARTIFACTS / f"nickname-prompt-{name}.png")
         finally:
             context.close()
+
+
+def test_lost_acknowledgement_is_not_sent_twice(
+    open_chat: OpenChat, make_proxy: Callable[[], TcpProxy]
+) -> None:
+    proxy = make_proxy()
+    ann = open_chat("ann", url=proxy.url)
+    bob = open_chat("bob")
+
+    # The message reaches the server, but its acknowledgement dies with the connection.
+    proxy.hold_replies()
+    ann.send("did this arrive?")
+    expect(bob.message("did this arrive?")).to_have_count(1)
+    expect(ann.message("did this arrive?").get_by_test_id("msg-status")).to_have_text("Sending…")
+    proxy.go_down()
+    expect(ann.status).to_contain_text("Reconnecting")
+    proxy.go_up()
+
+    expect(ann.status).to_contain_text("Online")
+    expect(ann.message("did this arrive?").get_by_test_id("msg-status")).to_have_text("Sent")
+    ann.send("and this one")
+    expect(bob.messages.get_by_test_id("msg-text")).to_have_text(
+        ["did this arrive?", "and this one"]
+    )
+    expect(ann.messages.get_by_test_id("msg-text")).to_have_text(
+        ["did this arrive?", "and this one"]
+    )
+
+
+@pytest.mark.server_args("--history", "3")
+def test_gap_the_server_cannot_fill_is_shown(
+    open_chat: OpenChat, make_proxy: Callable[[], TcpProxy]
+) -> None:
+    proxy = make_proxy()
+    ann = open_chat("ann", url=proxy.url)
+    bob = open_chat("bob")
+    bob.send("m0")
+    expect(ann.message("m0")).to_have_count(1)
+
+    proxy.go_down()
+    expect(ann.status).to_contain_text("Reconnecting")
+    for n in range(1, 6):
+        bob.send(f"m{n}")
+        expect(bob.message(f"m{n}").get_by_test_id("msg-status")).to_have_text("Sent")
+    proxy.go_up()
+
+    expect(ann.status).to_contain_text("Online")
+    # Only the last three are kept: m1 and m2 are gone, and the page says so where they were.
+    expect(ann.log.get_by_test_id("notice")).to_have_text(
+        ["Some messages from while you were away are no longer available."]
+    )
+    expect(ann.messages.get_by_test_id("msg-text")).to_have_text(["m0", "m3", "m4", "m5"])
+    ann.screenshot("gap-desktop")
