@@ -528,6 +528,7 @@
     state.current = name;
     room.list.hidden = false;
     room.button.setAttribute("aria-current", "true");
+    room.button.scrollIntoView({ block: "nearest", inline: "nearest" });
     room.unread = 0;
     renderBadge(room);
     renderCurrent();

@@ -129,10 +129,14 @@ class RawchatServer:
         assert process.stderr is not None
         process.stderr.close()
 
-    def restart(self) -> None:
-        """Kill the server (no goodbye to the clients) and start a new run on the same port."""
+    def restart(self, *, kill: bool) -> None:
+        """Stop the server and start a new run on the same port.
+
+        With `kill`, SIGKILL: the clients get no goodbye. Otherwise SIGTERM, and the server's
+        graceful shutdown closes every WebSocket with 1001 first.
+        """
         port = self.port
-        self.stop(kill=True)
+        self.stop(kill=kill)
         self.start(port)
 
 

@@ -110,13 +110,16 @@ def test_dropped_connection_comes_back_without_gaps_or_doubles(
     ann.screenshot("reconnected-desktop")
 
 
-def test_server_restart_is_said_plainly(open_chat: OpenChat, server: RawchatServer) -> None:
+@pytest.mark.parametrize("kill", [True, False], ids=["crash", "graceful"])
+def test_server_restart_is_said_plainly(
+    open_chat: OpenChat, server: RawchatServer, kill: bool
+) -> None:
     ann = open_chat("ann")
     bob = open_chat("bob")
     bob.send("before the restart")
     expect(ann.message("before the restart")).to_have_count(1)
 
-    server.restart()
+    server.restart(kill=kill)
 
     for person in (ann, bob):
         expect(person.status).to_contain_text("Online")
@@ -129,7 +132,7 @@ def test_server_restart_is_said_plainly(open_chat: OpenChat, server: RawchatServ
     expect(ann.messages.get_by_test_id("msg-text")).to_have_text(
         ["before the restart", "after the restart"]
     )
-    ann.screenshot("server-restarted-desktop")
+    ann.screenshot(f"server-restarted-{'crash' if kill else 'graceful'}-desktop")
 
 
 def test_tutorial_page_works_unchanged(
