@@ -77,6 +77,8 @@ def _passes(m: dict[str, Any]) -> bool:
 async def fanout_max(server: ServerProcess, load: Load) -> Result:
     """Double the offered rate until a step fails, then bisect between pass and fail.
 
+    (If the first step already fails, halve until one passes, then bisect.)
+
     Each step is short (``step_seconds``, a quarter of it warm-up); between
     steps the backlog drains and connections the server closed are replaced,
     so every step starts from the same state.
@@ -114,7 +116,13 @@ async def fanout_max(server: ServerProcess, load: Load) -> Result:
             if high is None:
                 rate *= 2
                 continue
-            if bisections >= load.bisect or low == 0 or high / low < 1.1:
+            if low == 0:
+                # Even the first step failed: come down until one passes.
+                if rate <= load.start_rate / 16:
+                    break
+                rate /= 2
+                continue
+            if bisections >= load.bisect or high / low < 1.1:
                 break
             bisections += 1
             rate = (low + high) / 2
@@ -137,7 +145,7 @@ async def fanout_max(server: ServerProcess, load: Load) -> Result:
     metrics.update({k: order[k] for k in ("lost", "duplicated", "reordered")})
     _busy_note(metrics, notes)
     if best is None:
-        notes.append(f"even the first step ({load.start_rate:g} msg/s) fell behind")
+        notes.append(f"no step passed, down to {load.start_rate / 16:g} msg/s")
     if any(s["tool_saturated"] for s in steps if s["rate"] == high) or (
         best is not None and best["tool_saturated"]
     ):

@@ -32,6 +32,18 @@ SERVER_MODULES = {
 }
 
 
+#: rawchat's internet-facing limits are off under load: the peers have none,
+#: and the load tool opens thousands of connections and floods on purpose.
+#: --max-buffer and other flags given with --server-arg come after and win.
+RAWCHAT_UNLIMITED = (
+    "--rate=0",
+    "--handshake-rate=0",
+    "--max-connections=0",
+    "--max-connections-per-ip=0",
+    "--log-level=warning",
+)
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     """Which server, on which event loop. ``websockets-asyncio`` means no uvloop."""
@@ -56,6 +68,8 @@ class ServerSpec:
         args = [sys.executable, "-m", SERVER_MODULES[self.name], "--host", host, "--port", "0"]
         if self.uvloop:
             args.append("--uvloop")
+        if self.name == "rawchat":
+            args += RAWCHAT_UNLIMITED
         return args + list(self.extra_args)
 
 
