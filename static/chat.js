@@ -64,6 +64,7 @@
     paused: false, // no nick the server accepts: stop reconnecting until the user picks one
     epoch: null, // epoch of the last welcome: a different one means the server restarted
     maxText: Infinity,
+    maxRooms: Infinity,
     ws: null,
     welcomed: false,
     welcomedAt: 0,
@@ -207,10 +208,10 @@
     });
   }
 
-  function scheduleReconnect(ceilingMs) {
+  function scheduleReconnect() {
     clearTimeout(state.retryTimer);
     clearInterval(state.countdownTimer);
-    const ceiling = ceilingMs ?? Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
+    const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
     state.attempt += 1;
     const delay = Math.random() * ceiling;
     state.retryAt = Date.now() + delay;
@@ -230,7 +231,9 @@
   }
 
   function sendHello() {
-    const rooms = state.rooms.size ? [...state.rooms.keys()] : [DEFAULT_ROOM];
+    // The first hello asks for the lobby; later ones rejoin exactly what we were in, which
+    // may be nothing if the user left every room.
+    const rooms = state.epoch === null ? [DEFAULT_ROOM] : [...state.rooms.keys()];
     const hello = { type: "hello", nick: state.nick || state.wantedNick, rooms };
     const resume = {};
     for (const room of state.rooms.values()) {
@@ -278,6 +281,7 @@
     ui.nickForm.classList.remove("dirty");
     const limits = message.limits || {};
     state.maxText = Number.isInteger(limits.max_text) ? limits.max_text : Infinity;
+    state.maxRooms = Number.isInteger(limits.max_rooms) ? limits.max_rooms : Infinity;
     if (restarted) {
       // Ids start again after a restart: what we remember means nothing to this server.
       for (const room of state.rooms.values()) {
@@ -404,8 +408,8 @@
         }
       }
     }
-    if (!state.welcomed && (code === "nick_taken" || code === "bad_nick")) {
-      onHelloRefused(code);
+    if (!state.welcomed) {
+      onHelloRefused(code, text);
       return;
     }
     if (code === "bad_nick" || code === "nick_taken") {
@@ -425,7 +429,21 @@
     notify(text);
   }
 
-  function onHelloRefused(code) {
+  function onHelloRefused(code, text) {
+    if (code === "too_many_rooms" && state.rooms.size > 1) {
+      // The server now allows fewer rooms than we were in: keep the first ones.
+      const keep = Math.max(1, Math.min(state.maxRooms, state.rooms.size) - 1);
+      for (const name of [...state.rooms.keys()].slice(keep)) removeRoom(name);
+      notify("The server now allows fewer rooms: you left some.");
+      sendHello();
+      return;
+    }
+    if (code !== "nick_taken" && code !== "bad_nick") {
+      // Anything else would leave us waiting for a welcome that never comes: start over.
+      notify(text);
+      if (state.ws) state.ws.close(1000);
+      return;
+    }
     if (code === "bad_nick") {
       state.nick = "";
       askForNick("The server did not accept that nickname. Please pick another.");

@@ -28,6 +28,8 @@ def test_two_people_chat(open_chat: OpenChat) -> None:
     ann = open_chat("ann")
     bob = open_chat("bob")
     expect(ann.members).to_have_text(["ann(you)", "bob"])
+    # Keyboard first: after picking a nickname the cursor waits in the message box.
+    expect(bob.page.get_by_role("textbox", name="Message", exact=True)).to_be_focused()
 
     ann.send("hello bob")
     seen_by_bob = bob.message("hello bob")
