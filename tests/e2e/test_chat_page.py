@@ -323,3 +323,27 @@ def test_gap_the_server_cannot_fill_is_shown(
     )
     expect(ann.messages.get_by_test_id("msg-text")).to_have_text(["m0", "m3", "m4", "m5"])
     ann.screenshot("gap-desktop")
+
+
+def test_view_follows_new_messages_unless_scrolled_up(open_chat: OpenChat) -> None:
+    ann = open_chat("ann")
+    bob = open_chat("bob")
+    for n in range(1, 16):
+        bob.send(f"message {n}\nsecond line\nthird line")
+    last = ann.message("message 15\nsecond line\nthird line")
+    expect(last).to_be_in_viewport()
+    jump = ann.page.get_by_role("button", name="New messages")
+    expect(jump).to_be_hidden()
+
+    # Reading older messages: new ones must not yank the view away.
+    ann.log.hover()
+    ann.page.mouse.wheel(0, -5000)
+    expect(ann.message("message 1\nsecond line\nthird line")).to_be_in_viewport()
+    bob.send("while ann reads")
+    expect(jump).to_be_visible()
+    expect(ann.message("while ann reads")).not_to_be_in_viewport()
+    ann.screenshot("scrolled-up-desktop")
+
+    jump.click()
+    expect(ann.message("while ann reads")).to_be_in_viewport()
+    expect(jump).to_be_hidden()
