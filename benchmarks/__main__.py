@@ -19,7 +19,13 @@ from typing import Any
 from benchmarks import report
 from benchmarks.rig import Load
 from benchmarks.scenarios import SCENARIOS, load_for, overload
-from benchmarks.servers import SERVER_MODULES, ServerProcess, ServerSpec, raise_fd_limit
+from benchmarks.servers import (
+    SERVER_MODULES,
+    ServerProcess,
+    ServerSpec,
+    export_rawchat,
+    raise_fd_limit,
+)
 
 #: What ``--compare`` runs when no scenario is named (``make bench``): sized
 #: so the whole comparison of three servers stays under ten minutes on two
@@ -72,6 +78,9 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
                              "(127.0.0.2 onwards)")
     parser.add_argument("--server-arg", action="append", **(d or {"default": []}), metavar="ARG",
                         help="extra argument for rawchat, e.g. --server-arg=--max-buffer=65536")
+    parser.add_argument("--rawchat-ref", metavar="COMMIT", **(d or {"default": None}),
+                        help="benchmark rawchat as of this commit (e.g. HEAD) instead of "
+                             "the work tree")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +139,8 @@ async def run_one(
             result.notes.append(f"{tracebacks} tracebacks in the server log {server.log_path}")
         if server.pinned_to:
             result.params["pinned"] = True
+        if args.rawchat_ref and spec.name == "rawchat":
+            result.params["rawchat_ref"] = args.rawchat_ref
     except (RuntimeError, OSError) as exc:
         print(f"\n{scenario} on {spec.label} failed: {exc}", file=sys.stderr)
         print(f"server log: {server.log_path}\n{server.log_tail()}", file=sys.stderr)
@@ -156,7 +167,10 @@ async def compare(args: argparse.Namespace) -> int:
         print(f"unknown scenarios: {', '.join(unknown)}", file=sys.stderr)
         return 2
     extra = tuple(args.server_arg)
-    specs = [ServerSpec.parse(s.strip(), extra) for s in args.servers.split(",") if s.strip()]
+    tree = rawchat_tree(args)
+    specs = [
+        ServerSpec.parse(s.strip(), extra, tree) for s in args.servers.split(",") if s.strip()
+    ]
     known: dict[str, float] = {}
     started = time.monotonic()
     for scenario in scenarios:
@@ -176,6 +190,14 @@ async def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def rawchat_tree(args: argparse.Namespace) -> Path | None:
+    if not args.rawchat_ref:
+        return None
+    tree = export_rawchat(args.rawchat_ref)
+    print(f"rawchat from {args.rawchat_ref}, copied to {tree}", file=sys.stderr)
+    return tree
+
+
 def vars_of(load: Load) -> dict[str, Any]:
     return {f: getattr(load, f) for f in load.__dataclass_fields__}
 
@@ -189,7 +211,7 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"RLIMIT_NOFILE raised to {limit}", file=sys.stderr)
     if args.compare is not None:
         return await compare(args)
-    spec = ServerSpec.parse(args.server, tuple(args.server_arg))
+    spec = ServerSpec.parse(args.server, tuple(args.server_arg), rawchat_tree(args))
     result = await run_one(args.scenario, spec, load_from_args(args.scenario, args), args, {})
     return 0 if result is not None else 1
 

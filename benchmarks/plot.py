@@ -94,7 +94,8 @@ def plot(path: Path, out_dir: Path) -> list[Path]:
                        [s["delivered_per_s"] for s in detail], "o-", label=server,
                        color=colours[server])
     bars.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], [t for *_, t in labels])
-    bars.set_ylabel("deliveries per second")
+    bars.set_yscale("log")
+    bars.set_ylabel("deliveries per second (log)")
     bars.set_title("Deliveries per second")
     bars.legend()
     steps.set_xscale("log")

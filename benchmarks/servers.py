@@ -8,9 +8,11 @@ killed whatever happens to the run.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,14 +53,21 @@ class ServerSpec:
     name: str
     uvloop: bool = True
     extra_args: tuple[str, ...] = ()
+    #: Directory ``python -m`` runs in: a copy of rawchat at some commit (see
+    #: :func:`export_rawchat`), or the work tree when None.
+    tree: Path | None = None
 
     @classmethod
-    def parse(cls, text: str, extra_args: tuple[str, ...] = ()) -> ServerSpec:
+    def parse(
+        cls, text: str, extra_args: tuple[str, ...] = (), tree: Path | None = None
+    ) -> ServerSpec:
         name, _, loop = text.partition("-")
         if name not in SERVER_MODULES or loop not in ("", "uvloop", "asyncio"):
             known = ", ".join(SERVER_MODULES)
             raise ValueError(f"unknown server {text!r}: use one of {known}, optionally -asyncio")
-        return cls(name, loop != "asyncio", extra_args if name == "rawchat" else ())
+        if name != "rawchat":
+            return cls(name, loop != "asyncio")
+        return cls(name, loop != "asyncio", extra_args, tree)
 
     @property
     def label(self) -> str:
@@ -69,8 +78,38 @@ class ServerSpec:
         if self.uvloop:
             args.append("--uvloop")
         if self.name == "rawchat":
-            args += RAWCHAT_UNLIMITED
+            known = rawchat_options(self.tree or REPO_ROOT)
+            args += [a for a in RAWCHAT_UNLIMITED if a.partition("=")[0] in known]
         return args + list(self.extra_args)
+
+
+@functools.cache
+def rawchat_options(tree: Path) -> frozenset[str]:
+    """The long options this copy of rawchat accepts (older commits lack the limits)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "rawchat", "--help"], cwd=tree, capture_output=True, text=True,
+        timeout=30,
+    ).stdout
+    return frozenset(re.findall(r"--[a-z][a-z0-9-]*", out))
+
+
+def export_rawchat(ref: str) -> Path:
+    """Copy rawchat (and its static files) as of commit ``ref`` into a temporary directory.
+
+    Benchmarks then measure a known commit while the work tree keeps changing.
+    """
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=REPO_ROOT, capture_output=True, text=True,
+        check=True,
+    ).stdout.strip()
+    target = Path(tempfile.mkdtemp(prefix=f"bench-rawchat-{commit}-"))
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "rawchat", "static"],
+        cwd=REPO_ROOT, capture_output=True, check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    return target
 
 
 def raise_fd_limit() -> int:
@@ -95,6 +134,33 @@ def pick_cores() -> tuple[set[int], set[int]] | None:
     if len(cores) < 2:
         return None
     return {cores[0]}, {cores[1]}
+
+
+def listening_port(pid: int) -> int | None:
+    """The TCP port process ``pid`` listens on, from /proc: no need for it to log it."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+                    if parts[3] == "0A" and parts[9] in inodes:
+                        return int(parts[1].rsplit(":", 1)[1], 16)
+        except OSError:
+            continue
+    return None
 
 
 class ProcStats:
@@ -148,7 +214,7 @@ class ServerProcess:
         # then kills the server itself, instead of racing its shutdown.
         self.proc = subprocess.Popen(
             self.spec.argv(self.host),
-            cwd=REPO_ROOT,
+            cwd=self.spec.tree or REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -167,8 +233,9 @@ class ServerProcess:
         # pipe, however much it logs during a run.
         while time.monotonic() < deadline:
             match = _LISTENING.search(self.log_path.read_bytes())
-            if match:
-                self.port = int(match.group(1))
+            port = int(match.group(1)) if match else listening_port(self.proc.pid)
+            if port:
+                self.port = port
                 return self.port
             if self.proc.poll() is not None:
                 break
