@@ -314,7 +314,7 @@
       addEvent(room, "Earlier messages are no longer available.");
     }
     room.justRestarted = false;
-    const unclaimed = [...room.pending.values()].filter((p) => p.sentOn !== null);
+    const unclaimed = [...room.pending.values()].filter((p) => p.sentOn !== null && !p.failed);
     for (const m of history) {
       // Our own message may have reached the server just before the connection broke,
       // with its acknowledgement lost: history shows it without a cid, so match it by
@@ -407,6 +407,10 @@
           return;
         }
       }
+    } else if (code === "rate_limited" && failOldestOutstanding(text)) {
+      // A limit enforced before the message is read cannot echo its cid. The server
+      // answers in order, so the refused one is the oldest still waiting on this connection.
+      return;
     }
     if (!state.welcomed) {
       onHelloRefused(code, text);
@@ -427,6 +431,23 @@
       return;
     }
     notify(text);
+  }
+
+  function failOldestOutstanding(reason) {
+    let oldest = null;
+    let oldestRoom = null;
+    for (const room of state.rooms.values()) {
+      for (const pending of room.pending.values()) {
+        const waiting = pending.sentOn === state.connection && !pending.failed;
+        if (waiting && (oldest === null || pending.seq < oldest.seq)) {
+          oldest = pending;
+          oldestRoom = room;
+        }
+      }
+    }
+    if (oldest === null) return false;
+    failPending(oldestRoom, oldest, reason);
+    return true;
   }
 
   function onHelloRefused(code, text) {
@@ -728,7 +749,14 @@
     ui.text.value = "";
     autoGrow();
     cidCounter += 1;
-    const pending = { cid: `${cidPrefix}-${cidCounter}`, text, sentOn: null, claimed: false };
+    const pending = {
+      cid: `${cidPrefix}-${cidCounter}`,
+      seq: cidCounter,
+      text,
+      sentOn: null,
+      claimed: false,
+      failed: false,
+    };
     pending.item = renderMessage(room, { text }, { own: true, pending: true });
     room.pending.set(pending.cid, pending);
     place(room, pending.item, null, { own: true });
@@ -744,7 +772,7 @@
 
   function flushPending(room) {
     for (const pending of room.pending.values()) {
-      if (pending.sentOn !== state.connection) trySend(room, pending);
+      if (pending.sentOn !== state.connection && !pending.failed) trySend(room, pending);
     }
   }
 
@@ -757,7 +785,7 @@
     }
     room.seen.add(m.id);
     room.lastId = Math.max(room.lastId ?? 0, m.id);
-    item.classList.remove("pending");
+    item.classList.remove("pending", "failed");
     item.dataset.generation = String(room.generation);
     setMessageMeta(item, m);
     setDelivery(item, "sent");
@@ -767,7 +795,9 @@
   }
 
   function failPending(room, pending, reason) {
-    room.pending.delete(pending.cid);
+    // Stays in `pending` so that an acknowledgement arriving after all (see the guess in
+    // onError) still turns it into a delivered message instead of a second copy.
+    pending.failed = true;
     const item = pending.item;
     item.classList.remove("pending");
     item.classList.add("failed");
@@ -775,6 +805,7 @@
     const retry = el("button", "link-button", "Retry");
     retry.type = "button";
     retry.addEventListener("click", () => {
+      room.pending.delete(pending.cid);
       item.remove();
       ui.text.value = pending.text;
       ui.text.focus();
