@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Generator, Iterator
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwright
@@ -16,6 +17,19 @@ from .harness import (
     launch_chromium,
     require_chromium,
 )
+
+#: Whether the test itself (not its setup or teardown) failed: fixtures read it to say more.
+CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_FAILED] = report.failed
+    return report
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,6 +59,9 @@ def server(request: pytest.FixtureRequest) -> Iterator[RawchatServer]:
     server.start()
     yield server
     server.stop()
+    if request.node.stash.get(CALL_FAILED, False):
+        # Shown with the failure: what the server said while the test ran.
+        print("".join(server.log), file=sys.stderr)
 
 
 @pytest.fixture

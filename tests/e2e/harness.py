@@ -67,8 +67,8 @@ class RawchatServer:
 
     def start(self, port: int = 0) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
-        # Run from the source tree, as `make run` does; an existing PYTHONPATH comes first so
-        # the same tests can be pointed at another build of the server.
+        # Run this source tree's server; an existing PYTHONPATH comes first, so the same tests
+        # can be pointed at another checkout of the server.
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([*paths, str(REPO)]))
         command = [sys.executable, "-m", "rawchat", "--host", self.host, "--port", str(port)]
