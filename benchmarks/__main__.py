@@ -33,7 +33,7 @@ from benchmarks.servers import (
 COMPARE_DEFAULT = ["fanout", "fanout-max", "big", "idle", "connect", "slow", "overload"]
 COMPARE_OVERRIDES: dict[str, dict[str, Any]] = {
     "fanout-max": {"max_seconds": 50.0, "max_steps": 10},
-    "slow": {"duration": 6.0, "warmup": 1.0},
+    "slow": {"duration": 8.0, "warmup": 1.0},
     "overload": {"duration": 6.0},
     "big": {"duration": 6.0},
     "idle": {"duration": 6.0},

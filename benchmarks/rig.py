@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.client import BenchClient, RunState, Sender, close_all, connect_many
-from benchmarks.servers import ServerProcess, machine_busy_seconds
+from benchmarks.servers import ServerProcess, machine_busy_seconds, unread_bytes
 
 #: Share of its core above which the load tool counts as saturated.
 SATURATED = 0.9
@@ -74,6 +74,8 @@ def percentiles_ms(samples: array[int]) -> dict[str, float | None]:
     return {"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99), "max_ms": at(1.0)}
 
 
+#: Average unread KiB per receiving socket above which the tool counts as behind.
+TOOL_BEHIND_KIB = 64.0
 #: CPU used by other processes on the machine (% of one core) above which a
 #: run is flagged: on two cores, that work competes with server or tool.
 BUSY_MACHINE_PCT = 20.0
@@ -121,18 +123,29 @@ class StatusLine:
 
 
 class RssSampler:
-    """Samples the server's RSS every 100 ms to catch its peak."""
+    """Samples the server's RSS every 100 ms to catch its peak.
 
-    def __init__(self, server: ServerProcess, every: float = 0.1) -> None:
+    With ``unread`` it also samples, every fifth time, what the load tool's
+    sockets hold unread: the direct sign of the tool falling behind.
+    """
+
+    def __init__(self, server: ServerProcess, every: float = 0.1, unread: bool = False) -> None:
         self.server = server
         self.every = every
         self.peak = server.rss_bytes()
+        self.unread = unread
+        self.unread_samples: list[int] = []
+        self.skip_ports: frozenset[int] = frozenset()
         self._task: asyncio.Task[None] | None = None
 
     def __enter__(self) -> RssSampler:
         async def loop() -> None:
+            n = 0
             while True:
                 self.peak = max(self.peak, self.server.rss_bytes())
+                if self.unread and n % 5 == 0:
+                    self.unread_samples.append(unread_bytes(self.server.port, self.skip_ports))
+                n += 1
                 await asyncio.sleep(self.every)
 
         self._task = asyncio.create_task(loop())
@@ -221,6 +234,15 @@ class Rig:
             if not s.client.open and spare:
                 s.client = spare.pop()
         return len(result.clients)
+
+    def excluded_ports(self) -> frozenset[int]:
+        ports = set()
+        for c in self.clients:
+            if c.index in self.excluded and c.transport is not None:
+                sockname = c.transport.get_extra_info("sockname")
+                if sockname:
+                    ports.add(sockname[1])
+        return frozenset(ports)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
@@ -314,7 +336,10 @@ class Rig:
                 await asyncio.sleep(warmup)
                 a = self.snapshot()
                 run.open_window()
+                rss.skip_ports = self.excluded_ports()
+                rss.unread = True
                 await asyncio.sleep(duration)
+                rss.unread = False
                 b = self.snapshot()
                 run.close_window()
                 await offer
@@ -327,6 +352,11 @@ class Rig:
         delivered = b.delivered - a.delivered
         expected = sent * receivers
         tool_share = (b.tool_cpu - a.tool_cpu) / wall
+        samples = rss.unread_samples
+        unread_kib = sum(samples) / len(samples) / receivers / 1024 if samples and receivers else 0
+        # A tool that got less than its core (other work on the machine)
+        # falls behind below 90% CPU: unread data in its sockets shows it.
+        tool_behind = unread_kib > TOOL_BEHIND_KIB
         closed_after = sum(1 for c in self.clients if c.closed or c.close_code is not None)
         metrics: dict[str, Any] = {
             "offered_msg_per_s": round(rate, 1),
@@ -349,7 +379,8 @@ class Rig:
             "server_rss_mb": round(b.server_rss / 2**20, 1),
             "server_rss_peak_mb": round(rss.peak / 2**20, 1),
             "server_rss_growth_mb": round((b.server_rss - a.server_rss) / 2**20, 2),
-            "tool_saturated": tool_share >= SATURATED,
+            "tool_unread_kib_per_conn": round(unread_kib, 1),
+            "tool_saturated": tool_share >= SATURATED or tool_behind,
             "other_cpu_pct": other_cpu_pct(a, b),
         }
         return metrics

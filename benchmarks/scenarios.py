@@ -357,7 +357,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "idle": {"clients": 10_000},
     "connect": {"clients": 10_000},
     "overload": {"warmup": 0.0},
-    "slow": {"rate": 200.0, "size": 1024},
+    # Below every server's sustainable rate, so only the stalled clients differ;
+    # 4 KiB messages build a backlog of 200 KB/s for each client that stops.
+    "slow": {"rate": 50.0, "size": 4096},
 }
 
 

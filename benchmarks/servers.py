@@ -163,6 +163,31 @@ def listening_port(pid: int) -> int | None:
     return None
 
 
+def unread_bytes(server_port: int, skip_ports: frozenset[int] = frozenset()) -> int:
+    """Bytes the kernel holds for the client side of connections to ``server_port``.
+
+    That is what the load tool has not read yet: close to zero while it keeps
+    up, growing when it is the bottleneck (loopback receive buffers may hold
+    tens of MB per socket, so a lagging tool shows up as latency, not loss).
+    ``skip_ports``: local ports of sockets that stopped reading on purpose.
+    """
+    suffix = f":{server_port:04X}"
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split(None, 5)
+                    if parts[2].endswith(suffix):
+                        if skip_ports and int(parts[1].rpartition(":")[2], 16) in skip_ports:
+                            continue
+                        total += int(parts[4].partition(":")[2], 16)
+        except OSError:
+            continue
+    return total
+
+
 class ProcStats:
     """CPU seconds and memory of a process, read from /proc."""
 
