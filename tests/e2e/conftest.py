@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Generator, Iterator
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwright
@@ -91,8 +92,10 @@ def open_chat(
     """Opens the chat page as `nick` in a fresh browser context (its own localStorage)."""
     contexts: list[BrowserContext] = []
 
-    def open_chat(nick: str, *, url: str | None = None, viewport: dict | None = None) -> ChatPage:
-        context = browser.new_context(viewport=viewport or DESKTOP)
+    def open_chat(
+        nick: str, *, url: str | None = None, viewport: dict | None = None, **options: Any
+    ) -> ChatPage:
+        context = browser.new_context(viewport=viewport or DESKTOP, **options)
         contexts.append(context)
         page = context.new_page()
         page_problems.watch(page)

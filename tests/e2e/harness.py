@@ -42,7 +42,7 @@ CHROMIUM_ARGS = [
 ]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-LISTENING = re.compile(r"rawchat listening on http://(?P<host>[^\s:]+):(?P<port>\d+)")
+LISTENING = re.compile(r"rawchat listening on (?P<scheme>https?)://(?P<host>[^\s:]+):(?P<port>\d+)")
 STARTUP_TIMEOUT = 15.0
 
 # Reconnecting waits out a randomised backoff of up to several seconds, so the default 5 s
@@ -57,13 +57,14 @@ class RawchatServer:
         self.host = "127.0.0.1"
         self.port = 0
         self.extra_args = extra_args
+        self.scheme = "http"
         self.log: list[str] = []
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return f"{self.scheme}://{self.host}:{self.port}/"
 
     def start(self, port: int = 0) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -102,6 +103,7 @@ class RawchatServer:
             found = LISTENING.search(line)
             if found:
                 self.port = int(found["port"])
+                self.scheme = found["scheme"]
                 return
 
     def _drain(self, process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Playwright, expect
@@ -369,3 +372,28 @@ def test_message_dropped_by_the_rate_limit_can_be_retried(open_chat: OpenChat) -
     composer = ann.page.get_by_role("textbox", name="Message", exact=True)
     expect(composer).to_have_value("three")
     expect(composer).to_be_focused()
+
+
+def test_page_over_tls_uses_wss(open_chat: OpenChat, tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    server = RawchatServer("--certfile", str(cert), "--keyfile", str(key))
+    server.start()
+    try:
+        assert server.url.startswith("https://")
+        ann = open_chat("ann", url=server.url, ignore_https_errors=True)
+        bob = open_chat("bob", url=server.url, ignore_https_errors=True)
+        ann.send("over wss")
+        expect(bob.message("over wss")).to_have_count(1)
+        expect(ann.message("over wss").get_by_test_id("msg-status")).to_have_text("Sent")
+    finally:
+        server.stop()
