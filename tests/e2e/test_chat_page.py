@@ -13,6 +13,7 @@ from playwright.sync_api import Browser, Playwright, expect
 
 from .harness import (
     ARTIFACTS,
+    DESKTOP,
     PHONE,
     ChatPage,
     PageProblems,
@@ -153,8 +154,8 @@ def test_tutorial_page_works_unchanged(
     try:
         watcher = open_chat("watcher")
         pages = []
-        for _ in range(2):
-            page = browser.new_context(viewport={"width": 800, "height": 600}).new_page()
+        for viewport in (DESKTOP, PHONE):
+            page = browser.new_context(viewport=viewport).new_page()
             with page.expect_console_message(lambda m: m.text == "Socket opened successfully"):
                 page.goto("http://localhost:8080/tutorial.html")
             pages.append(page)
@@ -174,7 +175,8 @@ def test_tutorial_page_works_unchanged(
             expect(page.locator("#box > div")).to_have_text(
                 ["hello from the tutorial", "hello tutorial"]
             )
-        second.screenshot(path=ARTIFACTS / "tutorial.png")
+        first.screenshot(path=ARTIFACTS / "tutorial-desktop.png")
+        second.screenshot(path=ARTIFACTS / "tutorial-phone.png")
     finally:
         browser.close()
 
@@ -279,7 +281,7 @@ def test_lost_acknowledgement_is_not_sent_twice(
     open_chat: OpenChat, make_proxy: Callable[[], TcpProxy]
 ) -> None:
     proxy = make_proxy()
-    ann = open_chat("ann", url=proxy.url)
+    ann = open_chat("ann", url=proxy.url, viewport=PHONE)
     bob = open_chat("bob")
 
     # The message reaches the server, but its acknowledgement dies with the connection.
@@ -289,6 +291,7 @@ def test_lost_acknowledgement_is_not_sent_twice(
     expect(ann.message("did this arrive?").get_by_test_id("msg-status")).to_have_text("Sending…")
     proxy.go_down()
     expect(ann.status).to_contain_text("Reconnecting")
+    ann.screenshot("reconnecting-phone")
     proxy.go_up()
 
     expect(ann.status).to_contain_text("Online")
