@@ -400,3 +400,22 @@ def test_page_over_tls_uses_wss(open_chat: OpenChat, tmp_path: Path) -> None:
         expect(ann.message("over wss").get_by_test_id("msg-status")).to_have_text("Sent")
     finally:
         server.stop()
+
+
+@pytest.mark.server_args("--uvloop")
+def test_chat_and_resume_on_uvloop(
+    open_chat: OpenChat, make_proxy: Callable[[], TcpProxy], server: RawchatServer
+) -> None:
+    assert any("(uvloop)" in line for line in server.log), "the server did not pick uvloop"
+    proxy = make_proxy()
+    ann = open_chat("ann", url=proxy.url)
+    bob = open_chat("bob")
+    bob.send("first")
+    expect(ann.message("first")).to_have_count(1)
+    proxy.go_down()
+    expect(ann.status).to_contain_text("Reconnecting")
+    bob.send("second")
+    expect(bob.message("second").get_by_test_id("msg-status")).to_have_text("Sent")
+    proxy.go_up()
+    expect(ann.status).to_contain_text("Online")
+    expect(ann.messages.get_by_test_id("msg-text")).to_have_text(["first", "second"])
