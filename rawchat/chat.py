@@ -289,5 +289,9 @@ class Chat:
                 forgotten, _ = self._idle.popitem(last=False)
                 del self.rooms[forgotten]
 
+    def refuse(self, session: Session, code: str, message: str) -> None:
+        """Tell a v1 client that something it sent was dropped."""
+        self._send(session, m.encode_error(code, message))
+
     def _send(self, session: Session, text: str) -> None:
         self.hub.send(session.outbox, frames.text(text))

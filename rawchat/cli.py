@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -100,6 +101,75 @@ def parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="logging threshold",
     )
+    p.add_argument(
+        "--log-format",
+        default=d.log_format,
+        choices=["text", "json"],
+        help="json: one JSON object per line, with the client address and close code",
+    )
+    g = p.add_argument_group("limits and security (0 means no limit)")
+    g.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin allowed besides the page's own (repeatable); * allows any",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        metavar="N",
+        help="WebSocket connections open at once; more get 503 with Retry-After",
+    )
+    g.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=d.max_connections_per_ip,
+        metavar="N",
+        help="WebSocket connections open at once from one address; more get 429",
+    )
+    g.add_argument(
+        "--trust-proxy",
+        action="store_true",
+        help="take the client address from X-Forwarded-For/Forwarded (behind a reverse proxy)",
+    )
+    g.add_argument(
+        "--rate",
+        type=float,
+        default=d.rate,
+        metavar="PER_SECOND",
+        help="messages per second one connection may send; more are dropped",
+    )
+    g.add_argument(
+        "--burst",
+        type=int,
+        default=d.burst,
+        metavar="N",
+        help="messages one connection may send at once; that many more dropped in a row"
+        " closes it (4002)",
+    )
+    g.add_argument(
+        "--handshake-rate",
+        type=float,
+        default=d.handshake_rate,
+        metavar="PER_SECOND",
+        help="WebSocket handshakes per second from one address; more get 429",
+    )
+    g.add_argument(
+        "--handshake-burst",
+        type=int,
+        default=d.handshake_burst,
+        metavar="N",
+        help="handshakes one address may make at once",
+    )
+    g.add_argument(
+        "--certfile",
+        type=Path,
+        default=None,
+        help="TLS certificate chain (PEM): serve https and wss",
+    )
+    g.add_argument("--keyfile", type=Path, default=None, help="TLS private key (PEM)")
     p.add_argument("--version", action="version", version=f"rawchat {__version__}")
     return p
 
@@ -120,18 +190,50 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             history=args.history,
             max_rooms=args.max_rooms,
             log_level=args.log_level,
+            log_format=args.log_format,
+            allow_origins=tuple(args.allow_origin),
+            max_connections=args.max_connections,
+            max_connections_per_ip=args.max_connections_per_ip,
+            trust_proxy=args.trust_proxy,
+            rate=args.rate,
+            burst=args.burst,
+            handshake_rate=args.handshake_rate,
+            handshake_burst=args.handshake_burst,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
         )
     except ValueError as exc:
         parser().error(str(exc))
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; connection events carry client, protocol and code."""
+
+    FIELDS = ("event", "client", "protocol", "code")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in self.FIELDS:
+            if name in record.__dict__:
+                entry[name] = record.__dict__[name]
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(argv)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     from rawchat.server import run
 
     try:

@@ -43,6 +43,27 @@ class Config:
     #: Rooms one rawchat.v1 client may be in at once.
     max_rooms: int = 16
     log_level: str = "info"
+    #: "text" for people, "json" for log collectors: one object per line.
+    log_format: str = "text"
+
+    # -- facing the internet (0 means no limit) ------------------------------
+    #: Browser origins allowed besides the page's own; "*" allows any.
+    allow_origins: tuple[str, ...] = ()
+    #: WebSocket connections open at once; the next upgrade gets 503.
+    max_connections: int = 10_000
+    #: WebSocket connections open at once from one client address (429 beyond).
+    max_connections_per_ip: int = 256
+    #: Count X-Forwarded-For / Forwarded as the client address (behind a proxy).
+    trust_proxy: bool = False
+    #: Messages per second one connection may send, and the burst it may save up.
+    rate: float = 10.0
+    burst: int = 20
+    #: Opening handshakes per second from one client address, and their burst.
+    handshake_rate: float = 20.0
+    handshake_burst: int = 100
+    #: TLS: serve https:// and wss:// with this certificate chain and key.
+    certfile: Path | None = None
+    keyfile: Path | None = None
 
     @property
     def pressure_mark(self) -> int:
@@ -52,11 +73,27 @@ class Config:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, not {self.port}")
-        for name in ("max_message", "max_buffer", "max_request_head", "max_rooms"):
+        for name in ("max_message", "max_buffer", "max_rooms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_request_head < 2048:
+            raise ValueError("max_request_head must be at least 2048")
         if self.history < 0:
             raise ValueError("history must not be negative")
+        for name in (
+            "max_connections",
+            "max_connections_per_ip",
+            "rate",
+            "burst",
+            "handshake_rate",
+            "handshake_burst",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative (0 means no limit)")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be text or json")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("TLS needs both a certificate file and a key file")
         for name in (
             "slow_timeout",
             "ping_interval",

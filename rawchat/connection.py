@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import TYPE_CHECKING, Any, cast
 
 import h11
@@ -28,8 +29,10 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-from rawchat import http
+from rawchat import http, limits, metrics
 from rawchat.hub import Outbox
+from rawchat.limits import TokenBucket
+from rawchat.messages import CloseCode
 
 if TYPE_CHECKING:
     from rawchat.chat import Session
@@ -39,12 +42,19 @@ log = logging.getLogger("rawchat.connection")
 
 _HTTP, _WEBSOCKET, _CLOSED = 0, 1, 2
 
+#: Bytes handed to h11 at a time (see _received).
+_HEAD_SLICE = 1024
+
 
 class Connection(asyncio.Protocol):
     __slots__ = (
         "state",
         "transport",
         "peer",
+        "address",
+        "close_code",
+        "_bucket",
+        "_drops",
         "phase",
         "http",
         "_request",
@@ -62,7 +72,15 @@ class Connection(asyncio.Protocol):
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.transport: asyncio.Transport | None = None
+        #: The TCP peer as "ip:port", for logs.
         self.peer = "-"
+        #: The client's address as limits count it (the proxy's word for it with --trust-proxy).
+        self.address = "-"
+        #: The close code exchanged (sent or received first); None before any.
+        self.close_code: int | None = None
+        #: Per-connection message rate limit, and messages dropped by it in a row.
+        self._bucket: TokenBucket | None = None
+        self._drops = 0
         self.phase = _HTTP
         self.http: h11.Connection | None = None
         self._request: h11.Request | None = None
@@ -89,8 +107,10 @@ class Connection(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple):
             self.peer = f"{peername[0]}:{peername[1]}"
+            self.address = str(peername[0])
         self.http = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self.state.config.max_request_head
+            h11.SERVER,
+            max_incomplete_event_size=max(self.state.config.max_request_head - _HEAD_SLICE, 1),
         )
         self._set_timer(self.state.config.handshake_timeout, self._http_timeout)
         self.state.connections.add(self)
@@ -112,8 +132,21 @@ class Connection(asyncio.Protocol):
             if self.http.their_state is h11.IDLE and self._request is None:
                 # A new request starts: its head must arrive within the handshake bound.
                 self._set_timer(self.state.config.handshake_timeout, self._http_timeout)
-            self.http.receive_data(data)
-            self._drive_http()
+            # h11 measures a head only while it is incomplete, so a whole one
+            # arriving in one read could be any size. Fed in small slices, no
+            # head longer than --max-request-head gets through (see connection_made).
+            if len(data) <= _HEAD_SLICE:
+                self.http.receive_data(data)
+                self._drive_http()
+                return
+            for start in range(0, len(data), _HEAD_SLICE):
+                if self.phase == _WEBSOCKET:  # upgraded mid-read: the rest is frames
+                    self._ws_received(data[start:])
+                    return
+                if self.phase != _HTTP or self.transport is None or self.transport.is_closing():
+                    return
+                self.http.receive_data(data[start : start + _HEAD_SLICE])
+                self._drive_http()
 
     def eof_received(self) -> bool | None:
         if self.phase == _HTTP and self.http is not None:
@@ -128,12 +161,21 @@ class Connection(asyncio.Protocol):
         if self.session is not None:
             self.state.chat.disconnect(self.session)
             self.session = None
+        state = self.state
         if self.outbox is not None:
-            self.state.flow.relieve(self.outbox)
+            state.flow.relieve(self.outbox)
+            state.occupancy.leave(self.address)
+            code = self.close_code or CloseReason.ABNORMAL_CLOSURE
+            state.metrics.close_codes[code] += 1
+            log.info(
+                "%s: websocket closed, code %d",
+                self.address,
+                code,
+                extra={"event": "close", "client": self.address, "code": int(code)},
+            )
         if self.transport is not None:
-            self.state.flow.forget(self.transport)
-        self.state.forget(self)
-        log.debug("%s: connection closed", self.peer)
+            state.flow.forget(self.transport)
+        state.forget(self)
 
     def pause_writing(self) -> None:
         # WebSocket phase: the buffer passed the pressure mark. Flow control
@@ -181,15 +223,53 @@ class Connection(asyncio.Protocol):
         request = self._request
         assert request is not None and self.http is not None
         self._request = None
-        if http.wants_upgrade(request):
-            decision = http.check_upgrade(request)
+        head_only = request.method == b"HEAD"
+        path = http.path_of(request.target)
+        if path == http.WEBSOCKET_PATH:
+            decision = self._admit(request)
             if isinstance(decision, http.Upgrade):
                 self._upgrade(decision)
-                return
-            log.debug("%s: refused upgrade: %d", self.peer, decision.status)
-            self._reply(decision)
-            return
-        self._reply(self.state.static.reply(request.target), head_only=request.method == b"HEAD")
+            else:
+                self._reply(decision, head_only=head_only)
+        elif path == "/healthz":
+            body = metrics.health(self.state)
+            self._reply(http.document(b"application/json", body), head_only=head_only)
+        elif path == "/metrics":
+            body = metrics.render(self.state)
+            self._reply(http.document(metrics.CONTENT_TYPE, body), head_only=head_only)
+        else:
+            self._reply(self.state.static.reply(request.target), head_only=head_only)
+
+    def _admit(self, request: h11.Request) -> http.Upgrade | http.Reply:
+        """Check an opening handshake against the RFC, then against our limits."""
+        state = self.state
+        config = state.config
+        decision = http.check_upgrade(request)
+        reason = None
+        if isinstance(decision, http.Reply):
+            reason = {405: "method", 426: "version"}.get(decision.status, "bad_request")
+        else:
+            self.address = limits.client_address(self.address, request.headers, config.trust_proxy)
+            origin = http.header(request, b"origin")
+            host = http.header(request, b"host")
+            if not limits.origin_allowed(
+                None if origin is None else origin.decode("latin-1"),
+                None if host is None else host.decode("latin-1"),
+                config.allow_origins,
+                tls=config.certfile is not None,
+            ):
+                reason, decision = "origin", http.error_reply(403)
+            elif not state.handshake_limiter.allow(self.address):
+                reason, decision = "rate", http.error_reply(429, (b"retry-after", b"1"))
+            else:
+                status = state.occupancy.refusal(self.address)
+                if status is not None:
+                    reason = "full" if status == 503 else "per_ip"
+                    decision = http.error_reply(status, (b"retry-after", b"5"))
+        if reason is not None:
+            state.metrics.handshake_failures[reason] += 1
+            log.debug("%s: refused upgrade (%s)", self.peer, reason)
+        return decision
 
     def _reply(self, reply: http.Reply, *, head_only: bool = False, close: bool = False) -> None:
         conn = self.http
@@ -247,14 +327,25 @@ class Connection(asyncio.Protocol):
         self.phase = _WEBSOCKET
         state = self.state
         transport.set_write_buffer_limits(high=state.config.pressure_mark)
+        _cap_kernel_buffer(transport, state.config.pressure_mark)
         self.outbox = Outbox(transport, self._evicted)
         state.websockets.add(self)
+        state.occupancy.enter(self.address)
+        state.metrics.handshakes += 1
+        if state.config.rate > 0:
+            self._bucket = TokenBucket(state.config.rate, state.config.burst, state.loop.time())
         if decision.subprotocol is None:
             self.session = state.chat.connect_plain(self.outbox, self.close)
         else:
             self.session = state.chat.connect_v1(self.outbox, self.close)
             self._set_timer(state.config.handshake_timeout, self._hello_timeout)
-        log.debug("%s: websocket open (%s)", self.peer, decision.subprotocol or "plain")
+        mode = decision.subprotocol or "plain"
+        log.info(
+            "%s: websocket open (%s)",
+            self.address,
+            mode,
+            extra={"event": "open", "client": self.address, "protocol": mode},
+        )
         self.ws = WebSocket(ConnectionType.SERVER)
         if trailing:
             self._ws_received(trailing)
@@ -262,6 +353,20 @@ class Connection(asyncio.Protocol):
     # -- WebSocket phase --------------------------------------------------------------
 
     def _ws_received(self, data: bytes) -> None:
+        # wsproto keeps what it is given until events() consumes it. Feeding it
+        # at most one message's worth at a time keeps its buffer within
+        # --max-message plus a frame header, however much one read brought.
+        step = self.state.config.max_message + 14
+        if len(data) <= step:
+            self._ws_chunk(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), step):
+            if self._failed or self.phase != _WEBSOCKET:
+                return
+            self._ws_chunk(bytes(view[start : start + step]))
+
+    def _ws_chunk(self, data: bytes) -> None:
         ws = self.ws
         if ws is None or self._failed or ws.state is ConnectionState.CLOSED:
             return
@@ -316,6 +421,12 @@ class Connection(asyncio.Protocol):
         if session is None:
             return
         state = self.state
+        state.metrics.messages_in += 1
+        bucket = self._bucket
+        if bucket is not None and not bucket.take(state.loop.time()):
+            self._rate_limited(session)
+            return
+        self._drops = 0
         if session.plain:
             payload = data if isinstance(data, str) else bytes(data)
             state.chat.plain_message(session, payload)
@@ -329,9 +440,20 @@ class Connection(asyncio.Protocol):
         if (state.flow.congested or state.hub.pressed) and self.transport is not None:
             state.flow.hold(self.transport)
 
+    def _rate_limited(self, session: Session) -> None:
+        """Drop one message over the rate; close a client that keeps flooding."""
+        self.state.metrics.rate_limited += 1
+        self._drops += 1
+        if self._drops > self.state.config.burst:
+            self.close(CloseCode.RATE_LIMITED, "too many messages")
+        elif not session.plain:
+            self.state.chat.refuse(session, "rate_limited", "slow down: message dropped")
+
     def _close_received(self, event: CloseConnection) -> None:
         ws = self.ws
         assert ws is not None and self.transport is not None
+        if self.close_code is None:
+            self.close_code = event.code
         if ws.state is ConnectionState.REMOTE_CLOSING:
             # The client closes: echo its code, then drop TCP first (RFC 6455, 7.1.1).
             self._leave()
@@ -370,6 +492,8 @@ class Connection(asyncio.Protocol):
         if self._closing or ws is None or transport is None or ws.state is not ConnectionState.OPEN:
             return
         self._closing = True
+        if self.close_code is None:
+            self.close_code = code
         queued = b""
         if self.outbox is not None:
             queued = self.state.hub.take(self.outbox) if flush else b""
@@ -402,8 +526,6 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def _hello_timeout(self) -> None:
-        from rawchat.messages import CloseCode
-
         self._timer = None
         self.close(CloseCode.HELLO_TIMEOUT, "no hello")
 
@@ -414,9 +536,14 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def _close_transport(self) -> None:
-        self._cancel_timer()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            # close() waits for the write buffer to drain; a peer that stops
+            # reading would keep it open forever.
+            self._set_timer(self.state.config.close_timeout, self._abort)
+        else:
+            self._cancel_timer()
 
     # -- timers ---------------------------------------------------------------------
 
@@ -429,3 +556,21 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _cap_kernel_buffer(transport: asyncio.Transport, size: int) -> None:
+    """Keep the kernel's send buffer for this socket near ``size`` bytes.
+
+    Linux grows a socket's send buffer up to several megabytes on its own, and
+    what sits there is invisible to ``get_write_buffer_size``: a client that
+    stopped reading could hold megabytes before rawchat noticed. Fixing the
+    size (the kernel doubles what it is given) makes --max-buffer the real
+    bound on what one client can cost.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(size // 2, 16 * 1024))
+    except (OSError, AttributeError):  # not a TCP socket (tests), or refused
+        pass

@@ -81,5 +81,5 @@ class Backpressure:
         self._held.pop(transport, None)
 
     def _too_slow(self, box: Outbox) -> None:
-        self.hub.evict(box)
+        self.hub.evict(box, "slow_timeout")
         self.relieve(box)  # resumes the held publishers if it was the last one behind

@@ -73,16 +73,17 @@ class StaticFiles:
 
         The target is decoded once, split into segments and every segment that
         could climb (``..``), name the root (empty, ``/``), hide (dot-files),
-        or smuggle a byte (NUL, backslash) is refused. Symlinks are resolved and the result must
-        still lie under the root, so a link pointing out is a 404 too.
+        or smuggle a byte (NUL, backslash) is refused. Symlinks are resolved
+        and the result must still lie under the root, so a link pointing out
+        is a 404 too.
         """
-        try:
-            path = urlsplit(target.decode("ascii")).path
-        except (UnicodeDecodeError, ValueError):
-            return None
+        path = path_of(target)
         if not path.startswith("/"):
             return None
-        path = unquote(path, errors="strict") if "%" in path else path
+        try:
+            path = unquote(path, errors="strict") if "%" in path else path
+        except UnicodeDecodeError:
+            return None
         if path.endswith("/"):
             path += "index.html"
         segments = path.split("/")[1:]
@@ -90,16 +91,16 @@ class StaticFiles:
             # Dot-files are never served: that also covers "." and "..".
             if not segment or segment.startswith(".") or "\x00" in segment or "\\" in segment:
                 return None
-        candidate = (self.root.joinpath(*segments)).resolve()
-        if not candidate.is_relative_to(self.root) or not candidate.is_file():
+        try:
+            candidate = (self.root.joinpath(*segments)).resolve()
+            if not candidate.is_relative_to(self.root) or not candidate.is_file():
+                return None
+        except OSError:  # a name too long for the file system, a symlink loop
             return None
         return candidate
 
     def reply(self, target: bytes) -> Reply:
-        try:
-            found = self.resolve(target)
-        except UnicodeDecodeError:
-            found = None
+        found = self.resolve(target)
         if found is None:
             return error_reply(404)
         try:
@@ -124,7 +125,8 @@ def _header_tokens(request: h11.Request, name: bytes) -> list[bytes]:
     return tokens
 
 
-def _header(request: h11.Request, name: bytes) -> bytes | None:
+def header(request: h11.Request, name: bytes) -> bytes | None:
+    """The value of a header that must appear once, or None."""
     values = [value for key, value in request.headers if key == name]
     return values[0] if len(values) == 1 else None
 
@@ -150,11 +152,11 @@ def check_upgrade(request: h11.Request) -> Upgrade | Reply:
         return error_reply(400)
     if b"websocket" not in _header_tokens(request, b"upgrade"):
         return error_reply(426, (b"upgrade", b"websocket"), (b"sec-websocket-version", b"13"))
-    if _header(request, b"sec-websocket-version") != b"13":
+    if header(request, b"sec-websocket-version") != b"13":
         return error_reply(426, (b"sec-websocket-version", b"13"))
     if b"upgrade" not in _header_tokens(request, b"connection"):
         return error_reply(400)
-    key = _header(request, b"sec-websocket-key")
+    key = header(request, b"sec-websocket-key")
     if key is None or not _valid_key(key):
         return error_reply(400)
     headers = [
@@ -178,8 +180,22 @@ def _valid_key(key: bytes) -> bool:
         return False
 
 
-def wants_upgrade(request: h11.Request) -> bool:
-    return urlsplit(request.target.decode("ascii", "replace")).path == WEBSOCKET_PATH
+def path_of(target: bytes) -> str:
+    """The path of a request target; "" for one that does not parse (no file has that name)."""
+    try:
+        return urlsplit(target.decode("ascii")).path
+    except (UnicodeDecodeError, ValueError):
+        return ""
+
+
+def document(content_type: bytes, body: bytes) -> Reply:
+    """A 200 with a generated body that must not be cached."""
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", b"%d" % len(body)),
+        (b"cache-control", b"no-store"),
+    ]
+    return Reply(200, headers, body)
 
 
 def default_static_dir() -> Path:

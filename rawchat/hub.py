@@ -23,6 +23,7 @@ encoding happen anywhere in the fan-out.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -62,7 +63,10 @@ class Hub:
         "_flush_pending",
         "pressed",
         "after_pressure",
-        "evictions",
+        "evicted",
+        "frames_out",
+        "bytes_out",
+        "high_water",
     )
 
     def __init__(
@@ -83,8 +87,16 @@ class Hub:
         self.pressed = False
         #: Called at the end of a flush that follows pressure (flow control's hook).
         self.after_pressure: Callable[[], None] | None = None
-        #: Clients evicted as too slow since start.
-        self.evictions = 0
+        #: Clients evicted as too slow since start, by reason.
+        self.evicted: Counter[str] = Counter()
+        #: Frames and bytes written, and the most any one client ever owed.
+        self.frames_out = 0
+        self.bytes_out = 0
+        self.high_water = 0
+
+    @property
+    def evictions(self) -> int:
+        return self.evicted.total()
 
     def broadcast(
         self, frame: bytes, recipients: Iterable[Outbox], skip: Outbox | None = None
@@ -125,7 +137,7 @@ class Hub:
             # After the loop: evicting removes the client from the very
             # collections ``recipients`` may be iterating.
             for box in slow:
-                self.evict(box)
+                self.evict(box, "buffer_full")
 
     def _overdue(self, box: Outbox, owed: int) -> bool:
         """The rare path of a broadcast: ``box`` would owe more than the pressure mark.
@@ -140,11 +152,14 @@ class Hub:
         if owed > self.max_buffer:
             return True
         if owed > box.peak:
-            box.peak = owed
+            self._new_peak(box, owed)
         frames = box.frames
         if frames:
-            box.transport.write(b"".join(frames))
+            data = b"".join(frames)
+            box.transport.write(data)
             box.frames = None
+            self.frames_out += len(frames)
+            self.bytes_out += len(data)
         self.pressed = True
         return False
 
@@ -152,12 +167,17 @@ class Hub:
         """Queue one frame for one recipient, in order with its broadcasts."""
         self.broadcast(frame, (box,))
 
-    def evict(self, box: Outbox) -> None:
+    def evict(self, box: Outbox, reason: str) -> None:
         """Stop queueing to ``box`` and let its owner close it."""
         box.frames = None
         box.owed = 0
-        self.evictions += 1
+        self.evicted[reason] += 1
         box.on_evict()
+
+    def _new_peak(self, box: Outbox, owed: int) -> None:
+        box.peak = owed
+        if owed > self.high_water:
+            self.high_water = owed
 
     def drop(self, box: Outbox) -> None:
         """Forget what is queued for a client that is going away."""
@@ -174,17 +194,23 @@ class Hub:
         self._flush_pending = False
         dirty = self._dirty
         self._dirty = []
+        frames_out = bytes_out = 0
         for box in dirty:
             frames = box.frames
             if frames is None:  # written early, evicted or closed since it was queued
                 continue
             box.frames = None
             if box.owed > box.peak:
-                box.peak = box.owed
+                self._new_peak(box, box.owed)
             if len(frames) == 1:
-                box.transport.write(frames[0])
+                data = frames[0]
             else:
-                box.transport.write(b"".join(frames))
+                data = b"".join(frames)
+            box.transport.write(data)
+            frames_out += len(frames)
+            bytes_out += len(data)
+        self.frames_out += frames_out
+        self.bytes_out += bytes_out
         if self.pressed:
             self.pressed = False
             if self.after_pressure is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from rawchat.config import Config
 from rawchat.connection import Connection
 from rawchat.flow import Backpressure
 from rawchat.hub import Hub, Outbox
+from rawchat.limits import Occupancy, PerAddress
+from rawchat.metrics import Metrics
 
 log = logging.getLogger("rawchat")
 
@@ -40,6 +43,11 @@ class ServerState:
         self.connections: set[Connection] = set()
         #: The open WebSocket connections (those that get pings and the shutdown's 1001).
         self.websockets: set[Connection] = set()
+        self.metrics = Metrics()
+        self.occupancy = Occupancy(config.max_connections, config.max_connections_per_ip)
+        self.handshake_limiter = PerAddress(
+            config.handshake_rate, config.handshake_burst, loop.time
+        )
         #: Set during shutdown; resolved when the last connection is gone.
         self.drained: asyncio.Future[None] | None = None
 
@@ -112,7 +120,12 @@ class Server:
         loop = asyncio.get_running_loop()
         self.state = state = ServerState(self.config, loop)
         self._server = await loop.create_server(
-            lambda: Connection(state), self.config.host, self.config.port, backlog=4096
+            lambda: Connection(state),
+            self.config.host,
+            self.config.port,
+            backlog=4096,
+            ssl=tls_context(self.config),
+            ssl_handshake_timeout=self.config.handshake_timeout if self.config.certfile else None,
         )
         self._keepalive = Keepalive(state)
         self._keepalive.start()
@@ -142,9 +155,21 @@ class Server:
         await self._server.wait_closed()
 
 
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """TLS 1.2 or newer with the standard library's defaults, when a certificate is given."""
+    if config.certfile is None or config.keyfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.certfile, config.keyfile)
+    return context
+
+
 def listening_line(config: Config, port: int) -> str:
     flavour = "uvloop" if config.use_uvloop else "asyncio"
-    return f"rawchat listening on http://{config.host}:{port} ({flavour})"
+    scheme = "https" if config.certfile else "http"
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"rawchat listening on {scheme}://{host}:{port} ({flavour})"
 
 
 async def serve(config: Config, ready: Callable[[Server], None] | None = None) -> None:

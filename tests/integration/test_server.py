@@ -20,7 +20,7 @@ def test_plain_broadcast_reaches_every_client_in_the_same_order(loop_kind: str) 
     clients_n, senders_n, per_sender = 60, 5, 40
 
     async def main() -> None:
-        async with serving() as server:
+        async with serving(rate=0) as server:  # this test floods on purpose
             clients = [await websockets.connect(ws_url(server)) for _ in range(clients_n)]
             total = senders_n * per_sender
 
@@ -157,7 +157,7 @@ def test_a_client_that_never_reads_is_evicted_and_costs_at_most_max_buffer(loop_
     size, count = 32 * KiB, 600  # 19 MB: far more than the kernel's socket buffers hold
 
     async def main() -> None:
-        async with serving(max_buffer=max_buffer, max_message=64 * KiB, slow_timeout=0.5) as server:
+        async with serving(max_buffer=max_buffer, max_message=64 * KiB, slow_timeout=0.5, rate=0) as server:
             state = server.state
             assert state is not None
             slow = await RawClient.connect(server.port, rcvbuf=4096)

@@ -477,12 +477,11 @@ def http_cases(draw: st.DrawFn) -> HttpCase:
 def _bodiless(pending: bytes) -> bool:
     """Whether the response at the start of ``pending`` answers a HEAD (no body follows).
 
-    Only static files and generated documents (200, 404) are answered without a
-    body for HEAD; the server writes each response whole, so a body that should
-    be there is there.
+    Any answer to HEAD comes without its body; the server writes each response
+    whole, so a body that should be there is there.
     """
     match = re.match(rb"HTTP/1\.1 (\d{3}) ", pending)
-    if match is None or match[1] not in (b"200", b"404"):
+    if match is None or match[1] == b"101":
         return False
     end = pending.find(b"\r\n\r\n")
     length = re.search(rb"\r\ncontent-length: (\d+)\r\n", pending[: end + 2].lower())

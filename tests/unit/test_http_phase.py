@@ -166,7 +166,7 @@ def test_malformed_request_gets_400_and_close(site: Path) -> None:
 
 
 def test_oversized_request_head_gets_431(site: Path) -> None:
-    state, _ = make_state(static_dir=site, max_request_head=1024)
+    state, _ = make_state(static_dir=site, max_request_head=2048)
     conn, transport = connect(state)
     conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 4096)
     head, _ = one(transport.take())

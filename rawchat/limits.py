@@ -1,0 +1,165 @@
+"""What keeps strangers in bounds: origins, client addresses, rates and connection counts.
+
+All of it is free of I/O: the connection asks before it upgrades or relays, and
+acts on the answer. A limit of 0 means no limit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
+
+
+class TokenBucket:
+    """``rate`` tokens a second, saving up at most ``burst``: a message costs one."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(max(burst, 1))
+        self.tokens = self.burst
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return True
+        self.tokens = tokens
+        return False
+
+    def full(self, now: float) -> bool:
+        return self.tokens + (now - self.stamp) * self.rate >= self.burst
+
+
+class PerAddress:
+    """A token bucket per client address, for opening handshakes.
+
+    Buckets that have filled up again carry no information and are dropped
+    when the table grows, so a scan across many addresses cannot grow it
+    without bound.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float], size: int = 4096):
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.size = size
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def allow(self, address: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = self.clock()
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= self.size:
+                self._sweep(now)
+            bucket = self._buckets[address] = TokenBucket(self.rate, self.burst, now)
+        return bucket.take(now)
+
+    def _sweep(self, now: float) -> None:
+        for address in [a for a, b in self._buckets.items() if b.full(now)]:
+            del self._buckets[address]
+        while len(self._buckets) >= self.size:  # all busy: forget the oldest
+            del self._buckets[next(iter(self._buckets))]
+
+
+class Occupancy:
+    """WebSocket connections open, in all and per client address."""
+
+    def __init__(self, total: int, per_address: int) -> None:
+        self.total_limit = total
+        self.per_address_limit = per_address
+        self.total = 0
+        self.by_address: dict[str, int] = {}
+
+    def refusal(self, address: str) -> int | None:
+        """The status refusing one more connection from ``address``, or None to admit it."""
+        if self.total_limit and self.total >= self.total_limit:
+            return 503
+        if self.per_address_limit and self.by_address.get(address, 0) >= self.per_address_limit:
+            return 429
+        return None
+
+    def enter(self, address: str) -> None:
+        self.total += 1
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+
+    def leave(self, address: str) -> None:
+        self.total -= 1
+        left = self.by_address[address] - 1
+        if left:
+            self.by_address[address] = left
+        else:
+            del self.by_address[address]
+
+
+def _default_port(scheme: str) -> int | None:
+    return {"http": 80, "ws": 80, "https": 443, "wss": 443}.get(scheme)
+
+
+def _host_port(netloc: str, scheme: str) -> tuple[str, int | None] | None:
+    try:
+        parts = urlsplit(f"{scheme}://{netloc}")
+        return (parts.hostname or "").lower(), parts.port or _default_port(scheme)
+    except ValueError:
+        return None
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str], tls: bool) -> bool:
+    """Whether a browser's ``Origin`` may open a WebSocket here.
+
+    No Origin header means no browser (or one that does not need protecting), so
+    it is allowed. Otherwise the origin must be the page's own (same host and
+    port as the request's ``Host``, defaults filled in) or listed exactly in
+    ``allowed``, where ``*`` lets every origin in. This is what stops another
+    site's page from opening a WebSocket with the visitor's cookies
+    (cross-site WebSocket hijacking).
+    """
+    if origin is None:
+        return True
+    allowed = tuple(allowed)
+    if "*" in allowed or origin in allowed:
+        return True
+    if host is None or origin == "null":
+        return False
+    scheme, sep, netloc = origin.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return False
+    own = _host_port(host, "https" if tls else "http")
+    theirs = _host_port(netloc, scheme)
+    return own is not None and theirs is not None and own == theirs
+
+
+def client_address(peer: str, headers: Iterable[tuple[bytes, bytes]], trust_proxy: bool) -> str:
+    """The address limits are counted against.
+
+    Without ``trust_proxy`` it is the TCP peer: forwarding headers are anyone's
+    to write. Behind a proxy it is the address the proxy saw, the last entry it
+    appended to ``X-Forwarded-For`` or ``Forwarded: for=``.
+    """
+    if not trust_proxy:
+        return peer
+    found: str | None = None
+    for name, value in headers:
+        if name == b"x-forwarded-for":
+            found = value.decode("latin-1").split(",")[-1].strip() or found
+        elif name == b"forwarded":
+            for element in value.decode("latin-1").split(","):
+                for pair in element.split(";"):
+                    key, _, val = pair.strip().partition("=")
+                    if key.lower() == "for" and val:
+                        found = val.strip('"')
+    if found is None:
+        return peer
+    found = found.removeprefix("[").split("]")[0] if found.startswith("[") else found
+    if found.count(":") == 1:  # host:port
+        found = found.split(":")[0]
+    try:
+        return str(ipaddress.ip_address(found))
+    except ValueError:
+        return peer
