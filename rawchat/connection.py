@@ -277,7 +277,10 @@ class Connection(asyncio.Protocol):
         headers = reply.headers
         if close:
             headers = [*headers, (b"connection", b"close")]
-        data = conn.send(h11.Response(status_code=reply.status, headers=headers)) or b""
+        response = h11.Response(
+            status_code=reply.status, headers=headers, reason=http.reason(reply.status)
+        )
+        data = conn.send(response) or b""
         if reply.body and not head_only:
             data += conn.send(h11.Data(data=reply.body)) or b""
         data += conn.send(h11.EndOfMessage()) or b""
@@ -318,7 +321,12 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         assert conn is not None and transport is not None
         transport.write(
-            conn.send(h11.InformationalResponse(status_code=101, headers=decision.headers)) or b""
+            conn.send(
+                h11.InformationalResponse(
+                    status_code=101, headers=decision.headers, reason=b"Switching Protocols"
+                )
+            )
+            or b""
         )
         trailing, _ = conn.trailing_data
         # h11 has nothing more to do: drop it, it is the biggest object we hold.

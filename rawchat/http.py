@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 import mimetypes
+import re
+from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -51,9 +54,16 @@ class Reply:
     body: bytes = b""
 
 
+def reason(status: int) -> bytes:
+    """The standard reason phrase; h11 leaves it empty unless told."""
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 def error_reply(status: int, *extra: tuple[bytes, bytes]) -> Reply:
-    phrase = h11.Response(status_code=status, headers=[]).reason or b"Error"
-    body = b"%d %s\n" % (status, phrase)
+    body = b"%d %s\n" % (status, reason(status))
     headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", b"%d" % len(body)),
@@ -113,7 +123,27 @@ class StaticFiles:
             (b"cache-control", b"no-cache"),
             (b"x-content-type-options", b"nosniff"),
         ]
+        if found.suffix == ".html":
+            headers.append((b"content-security-policy", script_policy(body)))
         return Reply(200, headers, body)
+
+
+_INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL | re.IGNORECASE)
+
+
+def script_policy(page: bytes) -> bytes:
+    """A Content-Security-Policy that lets a page run its own scripts and no others.
+
+    Scripts from the same origin are allowed, and each inline ``<script>`` the
+    file itself contains by its hash. Markup that reaches the page later (the
+    tutorial's page inserts chat text with innerHTML) can then run nothing:
+    an injected ``onerror=`` handler or ``<script>`` is blocked by the browser.
+    """
+    sources = [b"'self'"]
+    for script in _INLINE_SCRIPT.findall(page):
+        digest = base64.b64encode(hashlib.sha256(script).digest())
+        sources.append(b"'sha256-" + digest + b"'")
+    return b"script-src " + b" ".join(sources) + b"; object-src 'none'; base-uri 'none'"
 
 
 def _header_tokens(request: h11.Request, name: bytes) -> list[bytes]:

@@ -181,6 +181,35 @@ def test_tutorial_page_works_unchanged(
         browser.close()
 
 
+def test_markup_sent_to_the_tutorial_page_runs_nothing(
+    playwright: Playwright,
+    server: RawchatServer,
+    open_chat: OpenChat,
+) -> None:
+    # The tutorial inserts what it receives with innerHTML, and plain mode relays
+    # chat text verbatim. The server's Content-Security-Policy for HTML pages
+    # admits only the page's own inline script, so injected handlers stay inert.
+    mapping = f"--host-resolver-rules=MAP localhost:8080 127.0.0.1:{server.port}"
+    browser = launch_chromium(playwright, mapping)
+    try:
+        page = browser.new_context(viewport=DESKTOP).new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        with page.expect_console_message(lambda m: m.text == "Socket opened successfully"):
+            page.goto("http://localhost:8080/tutorial.html")
+        open_chat("mallory").send('<img src=x onerror="window.pwned=1;alert(1)">')
+        # The markup does land in the page (the tutorial is unchanged) ...
+        expect(page.locator("#box img")).to_have_count(1)
+        page.locator("#textbox").fill("after")
+        page.locator("#button").click()
+        expect(page.locator("#box > div")).to_have_count(2)
+        # ... but its handler never ran.
+        assert page.evaluate("window.pwned") is None
+        assert dialogs == []
+    finally:
+        browser.close()
+
+
 def test_rooms_are_separate_and_presence_follows(open_chat: OpenChat) -> None:
     ann = open_chat("ann")
     bob = open_chat("bob")

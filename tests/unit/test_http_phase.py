@@ -286,3 +286,24 @@ def test_plain_get_of_the_websocket_path_gets_426(site: Path) -> None:
 def test_upgrade_with_post_gets_405(site: Path) -> None:
     transport, head = upgrade(site, {**GOOD, "Content-Length": "0"}, method="POST")
     assert head.status_code == 405
+
+
+def test_html_pages_may_run_only_their_own_scripts(site: Path) -> None:
+    import base64
+    import hashlib
+
+    script = b'\n  var socket = new WebSocket("ws://localhost:8080/ws");\n'
+    (site / "inline.html").write_bytes(b"<p>hi</p><script>" + script + b"</script>")
+    _, head, _ = get(site, "/inline.html")
+    policy = header(head, b"content-security-policy")
+    assert policy is not None
+    digest = base64.b64encode(hashlib.sha256(script).digest())
+    assert b"script-src 'self' 'sha256-" + digest + b"'" in policy
+    assert b"object-src 'none'" in policy
+    _, head, _ = get(site, "/chat.js")
+    assert header(head, b"content-security-policy") is None
+
+
+def test_responses_carry_their_reason_phrase(site: Path) -> None:
+    _, head, _ = get(site, "/missing")
+    assert head.reason == b"Not Found"
