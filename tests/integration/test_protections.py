@@ -1,0 +1,852 @@
+"""Every protection over loopback: the abusive client is refused or closed, an honest one chats on.
+
+Each test keeps an honest client connected (or connecting) while the abuse
+happens, and checks it still sends and receives afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import ssl
+import struct
+import sys
+import warnings
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+import websockets
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from rawchat.config import KiB
+from rawchat.connection import Connection
+from rawchat.server import Server
+from tests.integration.conftest import RawClient, run, serving, ws_url
+
+V1 = ["rawchat.v1"]
+BOUND = 5.0  # seconds: generous bounds on anything that should take milliseconds
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+async def says(ws: websockets.ClientConnection, text: str) -> None:
+    """An honest plain client still chats: what it says comes back (past others' messages)."""
+    await ws.send(text)
+
+    async def echo() -> None:
+        while await ws.recv() != text:
+            pass
+
+    await asyncio.wait_for(echo(), BOUND)
+
+
+async def v1_client(server: Server, nick: str, **kwargs: Any) -> websockets.ClientConnection:
+    """A rawchat.v1 client past its hello, in the lobby."""
+    ws = await websockets.connect(ws_url(server), subprotocols=V1, **kwargs)  # type: ignore[list-item]
+    await ws.send(json.dumps({"type": "hello", "nick": nick}))
+    assert (await receive(ws))["type"] == "welcome"
+    assert (await receive(ws))["type"] == "joined"
+    return ws
+
+
+async def receive(ws: websockets.ClientConnection) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), BOUND))
+    return message
+
+
+async def closed_with(ws: websockets.ClientConnection) -> int:
+    """Read until the server closes; the code it sent."""
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), BOUND)
+    assert closed.value.rcvd is not None, "the server sent a close frame"
+    return closed.value.rcvd.code
+
+
+async def refused(connect: Awaitable[Any]) -> tuple[int, dict[str, str]]:
+    """The HTTP status (and headers) an upgrade attempt was refused with."""
+    with pytest.raises(InvalidStatus) as failed:
+        await connect
+    response = failed.value.response
+    return response.status_code, {k.lower(): v for k, v in response.headers.raw_items()}
+
+
+async def http_get(port: int, path: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+    """One GET on a fresh connection that asks to be closed after the response."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, **kwargs)
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        response = await asyncio.wait_for(reader.read(), BOUND)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in fields.items()}, body
+
+
+async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    """Everything until the server hangs up (an abort counts as hanging up)."""
+    chunks = []
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), BOUND):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+async def until(predicate: Callable[[], bool], bound: float = BOUND) -> None:
+    """A bounded poll of server state, for the few changes nothing on the wire announces."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while not predicate():
+        assert loop.time() < deadline, "the server state never changed"
+        await asyncio.sleep(0.005)
+
+
+def the_connection(server: Server, before: set[Connection]) -> Connection:
+    """The one WebSocket connection that opened since ``before``."""
+    assert server.state is not None
+    (conn,) = server.state.websockets - before
+    return conn
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample of the server's /metrics, parsed the way Prometheus would."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def metrics_text(server: Server) -> str:
+    status, fields, body = await http_get(server.port, "/metrics")
+    assert status == 200
+    assert fields["content-type"].startswith("text/plain; version=0.0.4")
+    return body.decode()
+
+
+# -- 1. origin check ---------------------------------------------------------------------------
+
+
+def test_a_foreign_origin_is_refused_and_same_origin_or_none_is_accepted() -> None:
+    async def main() -> None:
+        async with serving() as server:
+            url = ws_url(server)
+            honest = await websockets.connect(url)
+            own = f"http://127.0.0.1:{server.port}"
+            for origin in ("http://evil.example", f"http://127.0.0.1:{server.port + 1}", "null"):
+                status, _ = await refused(websockets.connect(url, origin=origin))  # type: ignore[arg-type]
+                assert status == 403, origin
+                await says(honest, f"unaffected by {origin}")
+            same = await websockets.connect(url, origin=own)  # type: ignore[arg-type]
+            await says(same, "same origin")
+            browserless = await websockets.connect(url)  # websockets sends no Origin
+            await says(browserless, "no origin")
+            await says(honest, "still here")
+            assert server.state is not None
+            assert server.state.metrics.handshake_failures["origin"] == 3
+            for ws in (honest, same, browserless):
+                await ws.close()
+
+    run(main)
+
+
+def test_allowed_origins_are_let_in_exactly_and_star_lets_everyone_in() -> None:
+    async def main() -> None:
+        async with serving(allow_origins=("https://chat.example",)) as server:
+            url = ws_url(server)
+            honest = await websockets.connect(url)
+            listed = await websockets.connect(url, origin="https://chat.example")  # type: ignore[arg-type]
+            await says(listed, "listed")
+            for origin in (
+                "https://evil.example",
+                "http://chat.example",
+                "https://chat.example.evil",
+            ):
+                status, _ = await refused(websockets.connect(url, origin=origin))  # type: ignore[arg-type]
+                assert status == 403, origin
+            own = await websockets.connect(url, origin=f"http://127.0.0.1:{server.port}")  # type: ignore[arg-type]
+            await says(honest, "still here")
+            for ws in (honest, listed, own):
+                await ws.close()
+        async with serving(allow_origins=("*",)) as server:
+            anyone = [
+                await websockets.connect(ws_url(server), origin=origin)  # type: ignore[arg-type]
+                for origin in ("https://evil.example", "null")
+            ]
+            for ws in anyone:
+                await says(ws, "let in")
+                await ws.close()
+
+    run(main)
+
+
+# -- 2. connection limits ----------------------------------------------------------------------
+
+
+def test_a_full_server_answers_503_and_a_closed_connection_frees_its_slot() -> None:
+    async def main() -> None:
+        async with serving(max_connections=3, max_connections_per_ip=0) as server:
+            state = server.state
+            assert state is not None
+            url = ws_url(server)
+            honest = await websockets.connect(url)
+            others = [await websockets.connect(url) for _ in range(2)]
+            assert state.occupancy.total == 3
+            status, fields = await refused(websockets.connect(url))
+            assert status == 503
+            assert fields["retry-after"].isdigit()
+            assert state.metrics.handshake_failures["full"] == 1
+            await says(honest, "the refusal did not touch me")
+            for ws in others:
+                # close() returns once TCP is closed, which the server does after letting go.
+                await ws.close()
+            assert state.occupancy.total == 1
+            again = [await websockets.connect(url) for _ in range(2)]
+            assert state.occupancy.total == 3
+            status, _ = await refused(websockets.connect(url))
+            assert status == 503
+            await says(honest, "still here")
+            for ws in (honest, *again):
+                await ws.close()
+            assert state.occupancy.total == 0 and state.occupancy.by_address == {}
+
+    run(main)
+
+
+def test_one_address_gets_429_past_its_share_and_cannot_dodge_it_with_forwarding_headers() -> None:
+    async def main() -> None:
+        async with serving(max_connections_per_ip=2) as server:
+            state = server.state
+            assert state is not None
+            url = ws_url(server)
+            honest = await websockets.connect(url)
+            second = await websockets.connect(url)
+            status, fields = await refused(websockets.connect(url))
+            assert status == 429
+            assert fields["retry-after"].isdigit()
+            # Without --trust-proxy, forwarding headers are anyone's to write.
+            for forged in (
+                {"X-Forwarded-For": "203.0.113.9"},
+                {"Forwarded": "for=203.0.113.9"},
+            ):
+                status, _ = await refused(websockets.connect(url, additional_headers=forged))
+                assert status == 429, forged
+            assert state.metrics.handshake_failures["per_ip"] == 3
+            await says(honest, "mine is still open")
+            await second.close()
+            third = await websockets.connect(url)  # the freed slot is reusable
+            await says(third, "back in")
+            for ws in (honest, third):
+                await ws.close()
+
+    run(main)
+
+
+def test_behind_a_trusted_proxy_each_forwarded_address_has_its_own_share() -> None:
+    async def main() -> None:
+        async with serving(max_connections_per_ip=1, trust_proxy=True) as server:
+            state = server.state
+            assert state is not None
+            url = ws_url(server)
+            honest = await websockets.connect(
+                url, additional_headers={"X-Forwarded-For": "198.51.100.7"}
+            )
+            abuser = await websockets.connect(
+                url, additional_headers={"X-Forwarded-For": "10.0.0.1, 203.0.113.9"}
+            )
+            assert state.occupancy.by_address == {"198.51.100.7": 1, "203.0.113.9": 1}
+            for headers in (
+                {"X-Forwarded-For": "203.0.113.9"},
+                # Only the last entry counts: the proxy appended it, the rest is the client's.
+                {"X-Forwarded-For": "192.0.2.55, 203.0.113.9"},
+                {"Forwarded": 'for="203.0.113.9:4711"'},
+            ):
+                status, _ = await refused(websockets.connect(url, additional_headers=headers))
+                assert status == 429, headers
+            another = await websockets.connect(
+                url, additional_headers={"Forwarded": "for=192.0.2.1;proto=http"}
+            )
+            assert state.occupancy.by_address["192.0.2.1"] == 1
+            await says(honest, "my own share")
+            for ws in (honest, abuser, another):
+                await ws.close()
+
+    run(main)
+
+
+# -- 3. rate limits ----------------------------------------------------------------------------
+
+
+def test_a_v1_flood_is_answered_rate_limited_then_closed_4002_while_others_chat() -> None:
+    async def main() -> None:
+        async with serving(rate=1, burst=3) as server:
+            honest = await websockets.connect(ws_url(server))
+            flooder = await v1_client(server, "flood")  # the hello costs one of 3 tokens
+            for i in range(1, 8):
+                await flooder.send(
+                    json.dumps({"type": "msg", "room": "lobby", "text": f"m{i}", "cid": str(i)})
+                )
+            answers = [await receive(flooder) for _ in range(5)]
+            assert [a.get("cid") for a in answers[:2]] == ["1", "2"], "within the burst"
+            assert [a["type"] for a in answers[:2]] == ["msg", "msg"]
+            for error in answers[2:]:
+                assert (error["type"], error["code"]) == ("error", "rate_limited")
+            # The 4th drop in a row (more than burst) closes the flooder.
+            assert await closed_with(flooder) == 4002
+            assert server.state is not None and server.state.metrics.rate_limited == 4
+            # The honest client got what was accepted and nothing that was dropped.
+            assert await asyncio.wait_for(honest.recv(), BOUND) == "m1"
+            assert await asyncio.wait_for(honest.recv(), BOUND) == "m2"
+            await honest.send("after the flood")
+            assert await asyncio.wait_for(honest.recv(), BOUND) == "after the flood"
+            await honest.close()
+
+    run(main)
+
+
+def test_a_rate_limited_v1_msg_is_answered_with_its_cid() -> None:
+    """docs/protocol.md: a msg is answered by its echo or by an error carrying the same cid.
+
+    A client matches answers to what it sent by cid; a rate_limited error
+    without one leaves the dropped message pending in the client forever.
+    """
+
+    async def main() -> None:
+        async with serving(rate=1, burst=2) as server:
+            client = await v1_client(server, "ann")
+            for cid in ("a", "b"):
+                await client.send(
+                    json.dumps({"type": "msg", "room": "lobby", "text": cid, "cid": cid})
+                )
+            assert (await receive(client))["cid"] == "a"
+            error = await receive(client)
+            assert error["code"] == "rate_limited"
+            assert error.get("cid") == "b"
+            await client.close()
+
+    run(main)
+
+
+def test_a_plain_flood_is_dropped_silently_then_closed_4002_while_others_chat() -> None:
+    async def main() -> None:
+        async with serving(rate=1, burst=3) as server:
+            state = server.state
+            assert state is not None
+            honest = await websockets.connect(ws_url(server))
+            flooder = await websockets.connect(ws_url(server))
+            for i in range(1, 5):
+                await flooder.send(f"p{i}")
+            # A pong is written once the server has read every frame sent before the ping.
+            await asyncio.wait_for(await flooder.ping(), BOUND)
+            assert state.metrics.rate_limited == 1
+            assert [await asyncio.wait_for(flooder.recv(), BOUND) for _ in range(3)] == [
+                "p1",
+                "p2",
+                "p3",
+            ]
+            await honest.send("honest")
+            assert await asyncio.wait_for(flooder.recv(), BOUND) == "honest", (
+                "p4 was dropped, and plain mode has no error to say so"
+            )
+            for i in range(5, 9):
+                await flooder.send(f"p{i}")
+            assert await closed_with(flooder) == 4002
+            got = [await asyncio.wait_for(honest.recv(), BOUND) for _ in range(4)]
+            assert got == ["p1", "p2", "p3", "honest"]
+            await says(honest, "after the flood")
+            await honest.close()
+
+    run(main)
+
+
+def test_a_handshake_storm_from_one_address_gets_429_and_others_still_connect() -> None:
+    async def main() -> None:
+        async with serving(trust_proxy=True, handshake_rate=1, handshake_burst=2) as server:
+            url = ws_url(server)
+            honest_address = {"X-Forwarded-For": "198.51.100.7"}
+            stormer = {"X-Forwarded-For": "203.0.113.9"}
+            honest = await websockets.connect(url, additional_headers=honest_address)
+            let_in = [await websockets.connect(url, additional_headers=stormer) for _ in range(2)]
+            for _ in range(3):
+                status, fields = await refused(websockets.connect(url, additional_headers=stormer))
+                assert status == 429
+                assert fields["retry-after"].isdigit()
+            assert server.state is not None
+            assert server.state.metrics.handshake_failures["rate"] == 3
+            await says(honest, "connected before the storm")
+            newcomer = await websockets.connect(url, additional_headers=honest_address)
+            await says(newcomer, "connected after it")
+            for ws in (honest, newcomer, *let_in):
+                await ws.close()
+
+    run(main)
+
+
+# -- 4. size limits ----------------------------------------------------------------------------
+
+
+def test_a_request_head_over_the_limit_gets_431() -> None:
+    async def main() -> None:
+        async with serving(max_request_head=4 * KiB) as server:
+            honest = await websockets.connect(ws_url(server))
+            for pieces in (1, 8):  # in one read, and trickled in
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                head = (
+                    "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    + f"X-Padding: {'p' * 8 * KiB}\r\n\r\n"
+                ).encode()
+                step = len(head) // pieces + 1
+                for start in range(0, len(head), step):
+                    writer.write(head[start : start + step])
+                    await writer.drain()
+                response = await read_to_eof(reader)
+                assert response.startswith(b"HTTP/1.1 431 "), response[:40]
+                writer.close()
+                await writer.wait_closed()
+                await says(honest, f"unaffected ({pieces})")
+            # A head just under the limit is fine.
+            fine = await websockets.connect(
+                ws_url(server), additional_headers={"X-Padding": "p" * 2 * KiB}
+            )
+            await says(fine, "fits")
+            for ws in (honest, fine):
+                await ws.close()
+
+    run(main)
+
+
+def test_a_message_over_max_message_gets_1009_and_reaches_nobody() -> None:
+    async def main() -> None:
+        async with serving(max_message=1 * KiB) as server:
+            honest = await websockets.connect(ws_url(server))
+            big = await websockets.connect(ws_url(server), max_size=None)
+            await big.send("x" * KiB)  # exactly the limit: delivered
+            assert await asyncio.wait_for(honest.recv(), BOUND) == "x" * KiB
+            await big.send("y" * (KiB + 1))
+            assert await closed_with(big) == 1009
+            fragmented = await websockets.connect(ws_url(server))
+            await fragmented.send(["z" * 512, "z" * 512, "z"])
+            assert await closed_with(fragmented) == 1009
+            await says(honest, "small")  # the next thing honest gets: no y, no z
+            await honest.close()
+
+    run(main)
+
+
+def test_a_frame_claiming_2_to_the_62_bytes_gets_1009_once_max_message_is_passed() -> None:
+    """wsproto would buffer a frame's payload as it comes; rawchat counts and stops it."""
+    limit = 4 * KiB
+
+    async def main() -> None:
+        async with serving(max_message=limit) as server:
+            state = server.state
+            assert state is not None
+            honest = await websockets.connect(ws_url(server))
+            before = set(state.websockets)
+            raw = await RawClient.connect(server.port)
+            conn = the_connection(server, before)
+            # A masked binary frame header claiming 2**62 bytes, then a stream of payload.
+            raw.writer.write(b"\x82\xff" + struct.pack("!Q", 2**62) + b"\x00\x00\x00\x00")
+            for _ in range(limit // 512):
+                raw.writer.write(b"a" * 512)
+            await raw.writer.drain()
+            # Exactly max_message so far: allowed. Nothing on the wire says when the server
+            # has read it, so wait on its count.
+            await until(lambda: conn._size == limit)
+            assert conn.close_code is None
+            raw.writer.write(b"a")
+            assert await asyncio.wait_for(raw.close_code(), BOUND) == 1009
+            # The server has half-closed: it goes on reading what follows (a MiB more of
+            # the claimed length) and throws it away. Its hanging up once it has read our
+            # EOF shows nowhere on our half-closed socket, so watch its connection table.
+            assert await read_to_eof(raw.reader) == b""
+            for _ in range(64):
+                raw.writer.write(b"a" * 16 * KiB)
+            raw.writer.write_eof()
+            await until(lambda: conn not in state.connections)
+            decoder = conn.ws._proto._frame_decoder  # type: ignore[union-attr]
+            assert len(decoder.buffer) <= limit + 14, "wsproto was fed nothing after the 1009"
+            raw.close()
+            await raw.writer.wait_closed()
+            await says(honest, "nothing of it reached me")
+            await honest.close()
+
+    run(main)
+
+
+def test_nick_room_and_room_count_limits_are_errors_not_closes() -> None:
+    async def main() -> None:
+        async with serving(max_rooms=2) as server:
+            honest = await websockets.connect(ws_url(server))
+            ws = await websockets.connect(ws_url(server), subprotocols=V1)  # type: ignore[list-item]
+            await ws.send(json.dumps({"type": "hello", "nick": "n" * 33}))
+            assert (await receive(ws))["code"] == "bad_nick"
+            await ws.send(json.dumps({"type": "hello", "nick": "n" * 32, "rooms": ["a", "b", "c"]}))
+            assert (await receive(ws))["code"] == "too_many_rooms"
+            await ws.send(json.dumps({"type": "hello", "nick": "n" * 32}))
+            assert (await receive(ws))["nick"] == "n" * 32
+            assert (await receive(ws))["type"] == "joined"
+            await ws.send(json.dumps({"type": "join", "room": "r" * 65}))
+            assert (await receive(ws))["code"] == "bad_room"
+            await ws.send(json.dumps({"type": "join", "room": "r" * 64}))
+            assert (await receive(ws))["room"] == "r" * 64
+            await ws.send(json.dumps({"type": "join", "room": "third"}))
+            assert (await receive(ws))["code"] == "too_many_rooms"
+            await ws.send(json.dumps({"type": "msg", "room": "lobby", "text": "still in"}))
+            assert (await receive(ws))["text"] == "still in"
+            assert await asyncio.wait_for(honest.recv(), BOUND) == "still in"
+            await says(honest, "fine")
+            for client in (ws, honest):
+                await client.close()
+
+    run(main)
+
+
+def test_a_late_joiner_gets_at_most_history_messages_flagged_truncated() -> None:
+    async def main() -> None:
+        async with serving(history=3) as server:
+            poster = await v1_client(server, "poster")
+            for i in range(1, 6):
+                await poster.send(json.dumps({"type": "msg", "room": "lobby", "text": f"t{i}"}))
+                assert (await receive(poster))["text"] == f"t{i}"
+            late = await websockets.connect(ws_url(server), subprotocols=V1)  # type: ignore[list-item]
+            await late.send(json.dumps({"type": "hello", "nick": "late"}))
+            assert (await receive(late))["type"] == "welcome"
+            joined = await receive(late)
+            assert [m["text"] for m in joined["history"]] == ["t3", "t4", "t5"]
+            assert joined["truncated"] is True and joined["last_id"] == 5
+            for ws in (poster, late):
+                await ws.close()
+
+    run(main)
+
+
+# -- 5. timeouts -------------------------------------------------------------------------------
+
+
+def test_an_incomplete_request_head_gets_408_and_a_silent_connection_is_closed() -> None:
+    async def main() -> None:
+        async with serving(handshake_timeout=0.3) as server:
+            honest = await websockets.connect(ws_url(server))
+            loop = asyncio.get_running_loop()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", server.port)
+            started = loop.time()
+            writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            response = await read_to_eof(reader)
+            assert response.startswith(b"HTTP/1.1 408 "), response[:40]
+            assert await read_to_eof(silent_reader) == b"", "nothing to answer: just closed"
+            assert loop.time() - started >= 0.25
+            for w in (writer, silent_writer):
+                w.close()
+                await w.wait_closed()
+            await says(honest, "upgraded clients have no head to finish")
+            await honest.close()
+
+    run(main)
+
+
+def test_a_request_head_trickled_byte_by_byte_still_gets_408_in_time() -> None:
+    """Slowloris: the head as a whole must arrive within handshake_timeout.
+
+    Fails today: every read that arrives while h11 is still IDLE (and a head
+    stays IDLE until it is complete) restarts the handshake timer in
+    Connection._received, so a client sending one byte per interval shorter
+    than the timeout holds the connection open for as long as it likes.
+    """
+    timeout = 0.3
+
+    async def main() -> None:
+        async with serving(handshake_timeout=timeout) as server:
+            honest = await websockets.connect(ws_url(server))
+            loop = asyncio.get_running_loop()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"s" * 200
+            started = loop.time()
+            answer = asyncio.create_task(read_to_eof(reader))
+            # The trickle is the abuse itself, not a synchronisation: a byte every
+            # timeout/3, for at most four timeouts.
+            for byte in head:
+                if answer.done() or loop.time() - started > 4 * timeout:
+                    break
+                writer.write(bytes([byte]))
+                await asyncio.sleep(timeout / 3)
+            answered = answer.done()
+            if not answered:
+                answer.cancel()
+            response = await asyncio.gather(answer, return_exceptions=True)
+            writer.close()
+            await writer.wait_closed()
+            assert answered, "still open after four handshake timeouts of trickling"
+            assert isinstance(response[0], bytes) and response[0].startswith(b"HTTP/1.1 408 ")
+            await says(honest, "fine")
+            await honest.close()
+
+    run(main)
+
+
+def test_an_idle_keepalive_connection_is_closed_after_keepalive_timeout() -> None:
+    async def main() -> None:
+        async with serving(keepalive_timeout=0.3) as server:
+            honest = await websockets.connect(ws_url(server))
+            loop = asyncio.get_running_loop()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+            await reader.readexactly(length)
+            answered = loop.time()
+            assert await read_to_eof(reader) == b"", "closed, with no 408: no request was begun"
+            assert loop.time() - answered >= 0.25
+            writer.close()
+            await writer.wait_closed()
+            await says(honest, "fine")
+            await honest.close()
+
+    run(main)
+
+
+def test_a_client_that_ignores_pings_gets_1011_and_one_that_answers_stays() -> None:
+    async def main() -> None:
+        async with serving(ping_interval=0.05, ping_timeout=0.2, close_timeout=0.3) as server:
+            loop = asyncio.get_running_loop()
+            honest = await websockets.connect(ws_url(server), ping_interval=None)
+            silent = await RawClient.connect(server.port)
+            assert await asyncio.wait_for(silent.close_code(), BOUND) == 1011
+            # It does not answer the close either: the server aborts after close_timeout.
+            closing = loop.time()
+            assert await read_to_eof(silent.reader) == b""
+            assert loop.time() - closing >= 0.25
+            silent.close()
+            await silent.writer.wait_closed()
+            # Several ping rounds have passed; websockets answered each on its own.
+            await says(honest, "I answered")
+            await honest.close()
+
+    run(main)
+
+
+def test_a_client_that_closes_then_never_reads_is_aborted_after_close_timeout() -> None:
+    size = 32 * KiB
+
+    async def main() -> None:
+        async with serving(close_timeout=0.3, rate=0) as server:
+            state = server.state
+            assert state is not None
+            loop = asyncio.get_running_loop()
+            before = set(state.websockets)
+            stuck = await RawClient.connect(server.port, rcvbuf=4096)
+            conn = the_connection(server, before)
+            assert conn.transport is not None
+            honest = await websockets.connect(ws_url(server), max_size=None)
+            # Chat until the kernel's buffers toward the stuck client are full and the
+            # server holds some of it (far below the pressure mark: nobody is held).
+            sent = 0
+            while conn.transport.get_write_buffer_size() == 0:
+                assert sent < 1024, "the server never had to buffer anything"
+                await says(honest, f"{sent:04d}" + "h" * (size - 4))
+                sent += 1
+            assert conn.transport.get_write_buffer_size() < state.config.pressure_mark
+            stuck.send_frame(0x8, struct.pack("!H", 1000))
+            closing = loop.time()
+            # The echo waits behind what the client will never read; nothing on the wire
+            # can say when the server gives up, so watch its connection table.
+            await until(lambda: conn not in state.connections)
+            assert loop.time() - closing >= 0.25
+            assert state.occupancy.total == 1, "its slot is free"
+            received = await read_to_eof(stuck.reader)
+            assert len(received) < sent * size, "the server dropped what it could not send"
+            stuck.close()
+            await stuck.writer.wait_closed()
+            await says(honest, "unaffected")
+            await honest.close()
+
+    run(main)
+
+
+# -- 6. TLS ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[trustme.CA, Path, Path]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(keyfile)
+    return ca, certfile, keyfile
+
+
+def test_tls_serves_wss_and_https_and_refuses_plain_http_and_old_tls(
+    certificate: tuple[trustme.CA, Path, Path],
+) -> None:
+    ca, certfile, keyfile = certificate
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+
+    async def main() -> None:
+        async with serving(certfile=certfile, keyfile=keyfile) as server:
+            url = f"wss://127.0.0.1:{server.port}/ws"
+            honest = await websockets.connect(url, ssl=client_context)
+            version = honest.transport.get_extra_info("ssl_object").version()
+            assert version in ("TLSv1.2", "TLSv1.3")
+            other = await websockets.connect(
+                f"wss://localhost:{server.port}/ws",
+                ssl=client_context,
+                origin=f"https://localhost:{server.port}",  # type: ignore[arg-type]
+            )
+            await other.send("over wss")
+            assert await asyncio.wait_for(honest.recv(), BOUND) == "over wss"
+            status, fields, body = await http_get(server.port, "/healthz", ssl=client_context)
+            assert status == 200 and json.loads(body)["status"] == "ok"
+            # Plain HTTP to the TLS port: no HTTP answer.
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert not (await read_to_eof(reader)).startswith(b"HTTP/")
+            writer.close()
+            await writer.wait_closed()
+            # A client that speaks at most TLS 1.1 (and could: see the context) is refused.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                old.minimum_version = ssl.TLSVersion.TLSv1
+                old.maximum_version = ssl.TLSVersion.TLSv1_1
+            old.set_ciphers("DEFAULT:@SECLEVEL=0")
+            ca.configure_trust(old)
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await websockets.connect(url, ssl=old)
+            await says(honest, "still over TLS")
+            for ws in (honest, other):
+                await ws.close()
+
+    run(main)
+
+
+# -- 7. observability --------------------------------------------------------------------------
+
+
+def test_healthz_reports_connections_rooms_and_uptime() -> None:
+    async def main() -> None:
+        async with serving() as server:
+            honest = await websockets.connect(ws_url(server))
+            ann = await v1_client(server, "ann")
+            await ann.send(json.dumps({"type": "join", "room": "dev"}))
+            assert (await receive(ann))["room"] == "dev"
+            status, fields, body = await http_get(server.port, "/healthz")
+            assert status == 200 and fields["content-type"] == "application/json"
+            health = json.loads(body)
+            assert health["status"] == "ok"
+            assert health["websockets"] == 2
+            assert health["connections"] == 3  # the two WebSockets and this request
+            assert health["rooms"] == 2
+            assert isinstance(health["uptime"], float) and health["uptime"] >= 0
+            await says(honest, "fine")
+            for ws in (honest, ann):
+                await ws.close()
+
+    run(main)
+
+
+def test_metrics_parse_and_count_refusals_evictions_closes_and_messages() -> None:
+    size = 32 * KiB
+
+    async def main() -> None:
+        async with serving(max_buffer=256 * KiB, slow_timeout=0.2, rate=0) as server:
+            state = server.state
+            assert state is not None
+            url = ws_url(server)
+            start = await metrics_text(server)
+            assert metric(start, "rawchat_handshakes_total") == 0
+            assert metric(start, "rawchat_uptime_seconds") >= 0
+            honest = await websockets.connect(url, max_size=None)
+            await refused(websockets.connect(url, origin="http://evil.example"))  # type: ignore[arg-type]
+            slow = await RawClient.connect(server.port, rcvbuf=4096)
+            for i in range(64):  # far more than a client that reads nothing can hold
+                await honest.send(f"{i:02d}" + "m" * (size - 2))
+                await asyncio.wait_for(honest.recv(), BOUND)
+            assert await asyncio.wait_for(slow.close_code(), BOUND) == 1008
+            slow.send_frame(0x8, struct.pack("!H", 1008))
+            assert await read_to_eof(slow.reader) == b"", "the server hangs up: it has let go"
+            slow.close()
+            await slow.writer.wait_closed()
+            leaver = await websockets.connect(url)
+            await leaver.close()
+            text = await metrics_text(server)
+            assert metric(text, "rawchat_handshake_failures_total", reason="origin") == 1
+            assert metric(text, "rawchat_handshakes_total") == 3
+            evictions = sum(
+                metric(text, "rawchat_evictions_total", reason=reason)
+                for reason in ("slow_timeout", "buffer_full")
+            )
+            assert evictions == 1
+            assert metric(text, "rawchat_close_codes_total", code="1000") == 1
+            assert metric(text, "rawchat_close_codes_total", code="1008") == 1
+            assert metric(text, "rawchat_messages_in_total") == 64
+            assert metric(text, "rawchat_messages_out_total") >= 64
+            assert metric(text, "rawchat_websockets", protocol="plain") == 1
+            await says(honest, "fine")
+            await honest.close()
+
+    run(main)
+
+
+def test_json_logs_carry_the_event_client_and_close_code() -> None:
+    async def main() -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "rawchat",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        stderr = proc.stderr
+
+        async def entry() -> dict[str, Any]:
+            line = await asyncio.wait_for(stderr.readline(), 20)
+            assert line, "rawchat exited"
+            parsed: dict[str, Any] = json.loads(line)
+            return parsed
+
+        try:
+            listening = await entry()
+            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", listening["msg"])
+            assert found, listening
+            assert listening["level"] == "info" and "ts" in listening
+            ws = await websockets.connect(f"ws://127.0.0.1:{found.group(1)}/ws")
+            await ws.close(1000)
+            events = {}
+            while "close" not in events:
+                logged = await entry()
+                if "event" in logged:
+                    events[logged["event"]] = logged
+            assert events["open"]["client"] == "127.0.0.1"
+            assert events["open"]["protocol"] == "plain"
+            assert events["close"]["client"] == "127.0.0.1"
+            assert events["close"]["code"] == 1000
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    run(main)

@@ -1,0 +1,265 @@
+"""rawchat.limits without sockets: bucket arithmetic, bounded tables, origins, addresses."""
+
+from __future__ import annotations
+
+import pytest
+
+from rawchat.limits import Occupancy, PerAddress, TokenBucket, client_address, origin_allowed
+
+# -- TokenBucket -----------------------------------------------------------------------------
+
+
+def test_a_bucket_starts_full_and_spends_one_token_per_message() -> None:
+    bucket = TokenBucket(rate=2.0, burst=3, now=100.0)
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
+
+
+def test_a_bucket_refills_at_its_rate() -> None:
+    bucket = TokenBucket(rate=2.0, burst=3, now=0.0)
+    for _ in range(3):
+        assert bucket.take(0.0)
+    assert not bucket.take(0.25), "half a token is not enough"
+    assert bucket.take(0.5), "a refused take does not lose what has accrued"
+    assert not bucket.take(0.5)
+    assert bucket.take(1.0)
+    assert not bucket.take(1.0)
+
+
+def test_a_bucket_saves_up_at_most_burst() -> None:
+    bucket = TokenBucket(rate=10.0, burst=3, now=0.0)
+    assert bucket.take(0.0)
+    # A long silence earns 1000 tokens; only 3 are kept.
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
+
+
+def test_full_says_when_a_bucket_has_nothing_to_remember() -> None:
+    bucket = TokenBucket(rate=1.0, burst=2, now=0.0)
+    assert bucket.full(0.0)
+    assert bucket.take(0.0)
+    assert not bucket.full(0.0)
+    assert not bucket.full(0.5)
+    assert bucket.full(1.0)
+
+
+def test_a_burst_of_zero_still_lets_one_message_through() -> None:
+    bucket = TokenBucket(rate=1.0, burst=0, now=0.0)
+    assert bucket.take(0.0)
+    assert not bucket.take(0.5)
+    assert bucket.take(1.5)
+
+
+# -- PerAddress ------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_each_address_has_its_own_handshake_bucket() -> None:
+    clock = Clock()
+    limiter = PerAddress(rate=1.0, burst=2, clock=clock)
+    assert [limiter.allow("192.0.2.1") for _ in range(3)] == [True, True, False]
+    assert limiter.allow("192.0.2.2"), "another address is not held back"
+    clock.now = 1.0
+    assert limiter.allow("192.0.2.1")
+    assert not limiter.allow("192.0.2.1")
+
+
+def test_a_handshake_rate_of_zero_means_no_limit() -> None:
+    limiter = PerAddress(rate=0.0, burst=0, clock=Clock())
+    assert all(limiter.allow("192.0.2.1") for _ in range(1000))
+    assert not limiter._buckets, "and remembers nothing"
+
+
+def test_a_scan_across_many_addresses_keeps_the_table_bounded() -> None:
+    clock = Clock()
+    limiter = PerAddress(rate=1.0, burst=5, clock=clock, size=64)
+    for i in range(10_000):
+        clock.now = i * 0.001
+        assert limiter.allow(f"10.0.{i // 256}.{i % 256}")
+        assert len(limiter._buckets) <= 64
+
+
+def test_a_sweep_drops_refilled_buckets_first_and_keeps_busy_ones() -> None:
+    clock = Clock()
+    limiter = PerAddress(rate=1.0, burst=2, clock=clock, size=3)
+    assert limiter.allow("192.0.2.1")  # refilled by t=1: nothing to remember
+    clock.now = 1.0
+    assert limiter.allow("192.0.2.2")
+    assert limiter.allow("192.0.2.2")
+    assert not limiter.allow("192.0.2.2")  # busy: empty at t=1
+    assert limiter.allow("192.0.2.3")
+    limiter.allow("192.0.2.4")  # the table is full: a sweep
+    assert "192.0.2.1" not in limiter._buckets
+    assert "192.0.2.2" in limiter._buckets
+    assert not limiter.allow("192.0.2.2"), "a sweep does not hand the busy address a new bucket"
+
+
+# -- Occupancy -------------------------------------------------------------------------------
+
+
+def test_occupancy_refuses_past_the_total_with_503_and_per_address_with_429() -> None:
+    occupancy = Occupancy(total=3, per_address=2)
+    for address in ("192.0.2.1", "192.0.2.1"):
+        assert occupancy.refusal(address) is None
+        occupancy.enter(address)
+    assert occupancy.refusal("192.0.2.1") == 429
+    assert occupancy.refusal("192.0.2.2") is None
+    occupancy.enter("192.0.2.2")
+    assert occupancy.refusal("192.0.2.3") == 503
+    assert occupancy.refusal("192.0.2.1") == 503, "full beats per-address"
+    assert occupancy.total == 3
+
+
+def test_occupancy_frees_slots_and_forgets_empty_addresses() -> None:
+    occupancy = Occupancy(total=2, per_address=1)
+    occupancy.enter("192.0.2.1")
+    occupancy.enter("192.0.2.2")
+    assert occupancy.refusal("192.0.2.3") == 503
+    occupancy.leave("192.0.2.1")
+    assert occupancy.refusal("192.0.2.1") is None
+    assert occupancy.by_address == {"192.0.2.2": 1}
+    occupancy.leave("192.0.2.2")
+    assert occupancy.total == 0 and occupancy.by_address == {}
+
+
+def test_occupancy_limits_of_zero_mean_no_limit() -> None:
+    occupancy = Occupancy(total=0, per_address=0)
+    for _ in range(1000):
+        occupancy.enter("192.0.2.1")
+    assert occupancy.refusal("192.0.2.1") is None
+
+
+# -- origin_allowed --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "tls"),
+    [
+        (None, "127.0.0.1:8080", False),  # no Origin: not a browser
+        (None, None, False),
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", False),
+        ("http://example.com", "example.com", False),
+        ("http://example.com", "example.com:80", False),  # default ports filled in
+        ("http://example.com:80", "example.com", False),
+        ("https://example.com", "example.com", True),
+        ("https://example.com", "example.com:443", True),
+        ("http://Chat.Example.COM:8080", "chat.example.com:8080", False),  # hosts ignore case
+        ("http://chat.example.com:8080", "CHAT.example.com:8080", False),
+        ("http://[::1]:8080", "[::1]:8080", False),
+        ("http://[::1]", "[::1]:80", False),
+        ("https://[2001:db8::1]", "[2001:DB8::1]", True),
+    ],
+)
+def test_the_pages_own_origin_is_allowed(origin: str | None, host: str | None, tls: bool) -> None:
+    assert origin_allowed(origin, host, (), tls)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "tls"),
+    [
+        ("http://evil.example", "127.0.0.1:8080", False),
+        ("http://127.0.0.1:8081", "127.0.0.1:8080", False),  # another port is another origin
+        ("http://127.0.0.1", "127.0.0.1:8080", False),
+        ("http://example.com", "example.com", True),  # http page, https server: 80 != 443
+        ("https://example.com", "example.com", False),
+        ("http://[::1]:8081", "[::1]:8080", False),
+        ("http://[::2]:8080", "[::1]:8080", False),
+        ("null", "127.0.0.1:8080", False),  # sandboxed frames, file:// pages
+        ("file://", "127.0.0.1:8080", False),
+        ("chrome-extension://abcdef", "127.0.0.1:8080", False),
+        ("127.0.0.1:8080", "127.0.0.1:8080", False),  # no scheme
+        ("http://127.0.0.1:8080", None, False),  # nothing to compare with
+        ("http://[::1:8080", "[::1]:8080", False),  # unparsable
+        ("http://127.0.0.1:8080", "127.0.0.1:port", False),
+        ("http://127.0.0.1:99999", "127.0.0.1:99999", False),
+    ],
+)
+def test_other_origins_are_refused(origin: str, host: str | None, tls: bool) -> None:
+    assert not origin_allowed(origin, host, (), tls)
+
+
+def test_listed_origins_are_allowed_exactly() -> None:
+    allowed = ("https://chat.example", "null")
+    assert origin_allowed("https://chat.example", "127.0.0.1:8080", allowed, False)
+    assert origin_allowed("null", "127.0.0.1:8080", allowed, False)
+    assert not origin_allowed("https://chat.example.evil", "127.0.0.1:8080", allowed, False)
+    assert not origin_allowed("http://chat.example", "127.0.0.1:8080", allowed, False)
+    assert not origin_allowed("https://sub.chat.example", "127.0.0.1:8080", allowed, False)
+    assert origin_allowed("http://127.0.0.1:8080", "127.0.0.1:8080", allowed, False), (
+        "the page's own origin stays allowed"
+    )
+
+
+def test_a_star_allows_every_origin() -> None:
+    for origin in ("https://evil.example", "null", "chrome-extension://abc", "garbage"):
+        assert origin_allowed(origin, "127.0.0.1:8080", ["*"], False)
+        assert origin_allowed(origin, None, iter(["*"]), True)
+
+
+# -- client_address --------------------------------------------------------------------------
+
+PEER = "127.0.0.1"
+
+
+def headers(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode(), value.encode()) for name, value in pairs]
+
+
+def test_without_trust_proxy_forwarding_headers_are_ignored() -> None:
+    forged = headers(("X-Forwarded-For", "203.0.113.7"), ("Forwarded", "for=198.51.100.1"))
+    assert client_address(PEER, forged, trust_proxy=False) == PEER
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        ((("X-Forwarded-For", "203.0.113.7"),), "203.0.113.7"),
+        # The proxy appends what it saw: the last entry. Earlier ones are the client's word.
+        ((("X-Forwarded-For", "10.9.9.9, 203.0.113.7"),), "203.0.113.7"),
+        ((("X-Forwarded-For", "10.9.9.9,203.0.113.7"),), "203.0.113.7"),
+        ((("X-Forwarded-For", "10.9.9.9"), ("X-Forwarded-For", "203.0.113.7")), "203.0.113.7"),
+        ((("X-Forwarded-For", "203.0.113.7:51234"),), "203.0.113.7"),
+        ((("X-Forwarded-For", "2001:db8::7"),), "2001:db8::7"),
+        ((("X-Forwarded-For", "[2001:db8::7]:51234"),), "2001:db8::7"),
+        ((("X-Forwarded-For", "2001:DB8:0::7"),), "2001:db8::7"),  # one spelling per address
+        ((("Forwarded", "for=192.0.2.60"),), "192.0.2.60"),
+        ((("Forwarded", "for=192.0.2.60;proto=http;by=203.0.113.43"),), "192.0.2.60"),
+        ((("Forwarded", "proto=https; For=192.0.2.60"),), "192.0.2.60"),
+        ((("Forwarded", "for=192.0.2.43, for=198.51.100.17"),), "198.51.100.17"),
+        ((("Forwarded", 'for="192.0.2.43:4711"'),), "192.0.2.43"),
+        ((("Forwarded", 'for="[2001:db8:cafe::17]:4711"'),), "2001:db8:cafe::17"),
+        ((("Forwarded", 'for="[2001:db8:cafe::17]"'),), "2001:db8:cafe::17"),
+    ],
+)
+def test_behind_a_proxy_the_last_forwarded_address_counts(
+    pairs: tuple[tuple[str, str], ...], expected: str
+) -> None:
+    assert client_address(PEER, headers(*pairs), trust_proxy=True) == expected
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        (),
+        (("X-Forwarded-For", "not-an-address"),),
+        (("X-Forwarded-For", ""),),
+        (("X-Forwarded-For", "203.0.113.7, "),),  # an empty last entry is not an address
+        (("X-Forwarded-For", "999.1.1.1"),),
+        (("Forwarded", "for=unknown"),),
+        (("Forwarded", "for=_hidden"),),
+        (("Forwarded", 'for="_gazonk"'),),
+        (("Forwarded", "for="),),
+        (("Forwarded", "proto=https"),),
+        (("Forwarded", ";;,,="),),
+        (("X-Real-IP", "203.0.113.7"),),  # not a header rawchat reads
+    ],
+)
+def test_garbage_in_forwarding_headers_falls_back_to_the_peer(
+    pairs: tuple[tuple[str, str], ...],
+) -> None:
+    assert client_address(PEER, headers(*pairs), trust_proxy=True) == PEER
