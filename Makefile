@@ -25,11 +25,16 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/rawchat --uvloop --host $(HOST) --port $(PORT)
 
-# System packages the tests drive: Debian's Chromium for the browser tests.
+# System packages the tests drive: Debian's Chromium for the browser tests and
+# redis-server for the broker tests. Installed with apt-get only when missing.
+SYSTEM_PACKAGES := chromium:chromium redis-server:redis-server
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-		echo "installing chromium with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check rawchat tests benchmarks

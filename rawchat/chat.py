@@ -19,6 +19,7 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Protocol
 
 from rawchat import frames
 from rawchat import messages as m
@@ -49,8 +50,35 @@ class Session:
         self.close = close
 
 
+class Relay(Protocol):
+    """What the chat asks of a broker that joins several rawchat nodes (rawchat/broker.py).
+
+    While ``up`` is false the chat runs on its own, as a single node does.
+    """
+
+    up: bool
+
+    def publish(self, room: str, ts: float, nick: str, text: str, token: int) -> None: ...
+
+    def publish_binary(self, room: str, data: bytes) -> None: ...
+
+    def presence(self, room: str, event: str, nick: str, old: str | None) -> None: ...
+
+    def load(self, room: Room) -> None: ...
+
+
 class Room:
-    __slots__ = ("name", "members", "v1", "plain", "history", "last_id")
+    __slots__ = (
+        "name",
+        "members",
+        "v1",
+        "plain",
+        "history",
+        "last_id",
+        "remote",
+        "loaded",
+        "waiting",
+    )
 
     def __init__(self, name: str, history: int) -> None:
         self.name = name
@@ -62,6 +90,15 @@ class Room:
         #: The last messages, already encoded as v1 JSON (without any cid).
         self.history: deque[str] = deque(maxlen=history)
         self.last_id = 0
+        #: Members on other nodes (with a broker): nick -> node.
+        self.remote: dict[str, str] = {}
+        #: With a broker, a room's history and remote members come from Redis
+        #: first; joins wait in ``waiting`` until they have.
+        self.loaded = True
+        self.waiting: list[tuple[Session, int | None, bool]] = []
+
+    def nicks(self) -> list[str]:
+        return [member.nick for member in self.members] + list(self.remote)
 
     def resume(self, after: int | None) -> tuple[list[str], bool]:
         """History to send a client that last saw id ``after``, and whether it is truncated.
@@ -100,17 +137,23 @@ class Chat:
         self.rooms: dict[str, Room] = {}
         self._idle: OrderedDict[str, None] = OrderedDict()
         self.nicks: dict[str, Session] = {}
-        self._guests = itertools.count(1)
+        self.guests = itertools.count(1)
         self._sessions = itertools.count(1)
+        #: The broker, when there is one (set by it).
+        self.relay: Relay | None = None
+        #: Messages published through the relay and not seen back yet:
+        #: token -> the sender's outbox and cid, for its acknowledgement.
+        self.own: dict[int, tuple[Outbox, str | None]] = {}
+        self._tokens = itertools.count(1)
 
     # -- sessions ---------------------------------------------------------
 
     def connect_plain(self, outbox: Outbox, close: Callable[[int, str], None]) -> Session:
         """A tutorial client: a guest nick, in the lobby, at once."""
         session = Session(outbox, plain=True, close=close)
-        nick = f"guest-{next(self._guests)}"
+        nick = f"guest-{next(self.guests)}"
         while m.nick_key(nick) in self.nicks:
-            nick = f"guest-{next(self._guests)}"
+            nick = f"guest-{next(self.guests)}"
         self._claim_nick(session, nick)
         self._enter(session, self._room(m.DEFAULT_ROOM))
         return session
@@ -139,9 +182,15 @@ class Chat:
         room = session.rooms.get(m.DEFAULT_ROOM)
         if room is None:
             return
+        if isinstance(data, str):
+            if data.strip():
+                self._publish(session, room, data, cid=None)
+            else:
+                self.hub.broadcast(frames.message(data), room.plain)
+            return
         self.hub.broadcast(frames.message(data), room.plain)
-        if isinstance(data, str) and data.strip():
-            self._publish(session, room, data, cid=None, include_plain=False)
+        if self.relay is not None and self.relay.up:
+            self.relay.publish_binary(room.name, data)
 
     def v1_message(self, session: Session, text: str) -> None:
         """Handle one JSON message from a v1 client; mistakes become ``error`` replies."""
@@ -165,7 +214,7 @@ class Chat:
             room = session.rooms.get(message.room)
             if room is None:
                 raise m.ProtocolError("not_in_room", f"you are not in {message.room}", message.cid)
-            self._publish(session, room, message.text, message.cid, include_plain=True)
+            self._publish(session, room, message.text, message.cid)
         elif isinstance(message, m.Join):
             self._join(session, message.room, None)
         elif isinstance(message, m.Leave):
@@ -209,17 +258,25 @@ class Chat:
                 raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
             room = self._room(name)
             self._enter(session, room)
+        if room.loaded:
+            self._joined(session, room, after, stale)
+        else:
+            room.waiting.append((session, after, stale))
+
+    def _joined(self, session: Session, room: Room, after: int | None, stale: bool) -> None:
         history, truncated = room.resume(None if stale else after)
         self._send(
             session,
-            m.encode_joined(
-                room.name,
-                [member.nick for member in room.members],
-                history,
-                room.last_id,
-                truncated or stale,
-            ),
+            m.encode_joined(room.name, room.nicks(), history, room.last_id, truncated or stale),
         )
+
+    def room_loaded(self, room: Room) -> None:
+        """The broker filled in a room's history and remote members: answer waiting joins."""
+        room.loaded = True
+        waiting, room.waiting = room.waiting, []
+        for session, after, stale in waiting:
+            if session.rooms.get(room.name) is room:
+                self._joined(session, room, after, stale)
 
     def _rename(self, session: Session, nick: str) -> None:
         old = session.nick
@@ -229,23 +286,64 @@ class Chat:
         for room in session.rooms.values():
             frame = frames.text(m.encode_presence(room.name, "nick", nick, old))
             self.hub.broadcast(frame, room.v1)
+            if self.relay is not None and self.relay.up:
+                self.relay.presence(room.name, "nick", nick, old)
 
-    def _publish(
-        self, session: Session, room: Room, text: str, cid: str | None, *, include_plain: bool
-    ) -> None:
-        room.last_id += 1
+    def _publish(self, session: Session, room: Room, text: str, cid: str | None) -> None:
         ts = self.clock()
-        encoded = m.encode_msg(room.name, room.last_id, ts, session.nick, text)
+        relay = self.relay
+        if relay is not None and relay.up:
+            # The broker numbers the message and brings it back to every node,
+            # this one included, in one order: delivery happens then.
+            token = next(self._tokens)
+            self.own[token] = (session.outbox, cid)
+            relay.publish(room.name, ts, session.nick, text, token)
+            return
+        self.deliver(room, room.last_id + 1, ts, session.nick, text, (session.outbox, cid))
+
+    def deliver(
+        self,
+        room: Room,
+        id: int,
+        ts: float,
+        nick: str,
+        text: str,
+        own: tuple[Outbox, str | None] | None = None,
+    ) -> None:
+        """Record message ``id`` in the room's history and fan it out to its members."""
+        room.last_id = id
+        encoded = m.encode_msg(room.name, id, ts, nick, text)
         room.history.append(encoded)
-        if cid is None:
+        if own is None or own[1] is None:
             self.hub.broadcast(frames.text(encoded), room.v1)
         else:
             # The sender's copy carries its cid: that is its acknowledgement.
-            self.hub.broadcast(frames.text(encoded), room.v1, skip=session.outbox)
-            own = m.encode_msg(room.name, room.last_id, ts, session.nick, text, cid)
-            self.hub.send(session.outbox, frames.text(own))
-        if include_plain and room.plain:
+            self.hub.broadcast(frames.text(encoded), room.v1, skip=own[0])
+            copy = m.encode_msg(room.name, id, ts, nick, text, own[1])
+            self.hub.send(own[0], frames.text(copy))
+        if room.plain:
             self.hub.broadcast(frames.message(text), room.plain)
+
+    def relayed_presence(
+        self, room: Room, event: str, nick: str, old: str | None, node: str
+    ) -> None:
+        """A member of ``room`` on another node came, went or changed nick."""
+        if event == "join":
+            if room.remote.get(nick) == node:
+                return  # known already: the room's load and the event crossed
+            room.remote[nick] = node
+        elif event == "leave":
+            if room.remote.get(nick) != node:
+                return
+            del room.remote[nick]
+        elif old is not None and room.remote.get(old) == node:
+            del room.remote[old]
+            room.remote[nick] = node
+        else:
+            return
+        if room.v1:
+            frame = frames.text(m.encode_presence(room.name, event, nick, old))
+            self.hub.broadcast(frame, room.v1)
 
     # -- membership -----------------------------------------------------------
 
@@ -264,6 +362,9 @@ class Chat:
         room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(name, self.history)
+            if self.relay is not None and self.relay.up:
+                room.loaded = False
+                self.relay.load(room)
         else:
             self._idle.pop(name, None)
         return room
@@ -275,6 +376,8 @@ class Chat:
         room.members[session] = None
         (room.plain if session.plain else room.v1).add(session.outbox)
         session.rooms[room.name] = room
+        if self.relay is not None and self.relay.up:
+            self.relay.presence(room.name, "join", session.nick, None)
 
     def _exit(self, session: Session, room: Room) -> None:
         del session.rooms[room.name]
@@ -283,15 +386,17 @@ class Chat:
         if room.v1:
             presence = m.encode_presence(room.name, "leave", session.nick)
             self.hub.broadcast(frames.text(presence), room.v1)
+        if self.relay is not None and self.relay.up:
+            self.relay.presence(room.name, "leave", session.nick, None)
         if not room.members and room.name != m.DEFAULT_ROOM:
             self._idle[room.name] = None
             while len(self._idle) > MAX_IDLE_ROOMS:
                 forgotten, _ = self._idle.popitem(last=False)
                 del self.rooms[forgotten]
 
-    def refuse(self, session: Session, code: str, message: str) -> None:
-        """Tell a v1 client that something it sent was dropped."""
-        self._send(session, m.encode_error(code, message))
+    def refuse(self, session: Session, code: str, message: str, dropped: str) -> None:
+        """Tell a v1 client that the message ``dropped`` was not handled (with its cid)."""
+        self._send(session, m.encode_error(code, message, m.cid_of(dropped)))
 
     def _send(self, session: Session, text: str) -> None:
         self.hub.send(session.outbox, frames.text(text))

@@ -107,6 +107,21 @@ def parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
         help="json: one JSON object per line, with the client address and close code",
     )
+    s = p.add_argument_group("scaling out")
+    s.add_argument(
+        "--broker",
+        default=None,
+        metavar="URL",
+        help="redis://HOST:PORT/DB: join every rawchat process using it into one chat",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        metavar="N",
+        help="worker processes sharing the port (SO_REUSEPORT); more than 1 needs --broker",
+    )
+    s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     g = p.add_argument_group("limits and security (0 means no limit)")
     g.add_argument(
         "--allow-origin",
@@ -201,6 +216,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             handshake_burst=args.handshake_burst,
             certfile=args.certfile,
             keyfile=args.keyfile,
+            broker=args.broker,
+            workers=args.workers,
+            reuse_port=args.reuse_port,
         )
     except ValueError as exc:
         parser().error(str(exc))
@@ -234,9 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
-    from rawchat.server import run
-
     try:
+        if config.workers > 1:
+            from rawchat.workers import supervise
+
+            return supervise(config, sys.argv[1:] if argv is None else argv)
+        from rawchat.server import run
+
         run(config)
     except OSError as exc:
         logging.getLogger("rawchat").error(

@@ -61,6 +61,13 @@ class Config:
     #: Opening handshakes per second from one client address, and their burst.
     handshake_rate: float = 20.0
     handshake_burst: int = 100
+    # -- beyond one process ----------------------------------------------------
+    #: redis://HOST:PORT/DB joining several rawchat processes into one chat.
+    broker: str | None = None
+    #: Worker processes sharing the port (SO_REUSEPORT); more than 1 needs a broker.
+    workers: int = 1
+    #: Listen with SO_REUSEPORT (set for each worker by the supervisor).
+    reuse_port: bool = False
     #: TLS: serve https:// and wss:// with this certificate chain and key.
     certfile: Path | None = None
     keyfile: Path | None = None
@@ -92,6 +99,17 @@ class Config:
                 raise ValueError(f"{name} must not be negative (0 means no limit)")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.workers > 1 and self.broker is None:
+            raise ValueError(
+                "--workers greater than 1 needs --broker: worker processes share no memory,"
+                " so without a broker their clients could not talk to each other"
+            )
+        if self.broker is not None and not self.broker.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("broker must be a redis:// (or rediss://, unix://) URL")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("TLS needs both a certificate file and a key file")
         for name in (

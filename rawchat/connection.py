@@ -129,8 +129,9 @@ class Connection(asyncio.Protocol):
             self._ws_received(data)
         elif self.phase == _HTTP:
             assert self.http is not None
-            if self.http.their_state is h11.IDLE and self._request is None:
-                # A new request starts: its head must arrive within the handshake bound.
+            if self.http.their_state is h11.IDLE and self._request is None and not self._pending():
+                # A new request starts: its head must arrive within the handshake
+                # bound, counted from its first byte (not restarted by each read).
                 self._set_timer(self.state.config.handshake_timeout, self._http_timeout)
             # h11 measures a head only while it is incomplete, so a whole one
             # arriving in one read could be any size. Fed in small slices, no
@@ -432,7 +433,7 @@ class Connection(asyncio.Protocol):
         state.metrics.messages_in += 1
         bucket = self._bucket
         if bucket is not None and not bucket.take(state.loop.time()):
-            self._rate_limited(session)
+            self._rate_limited(session, data)
             return
         self._drops = 0
         if session.plain:
@@ -448,14 +449,14 @@ class Connection(asyncio.Protocol):
         if (state.flow.congested or state.hub.pressed) and self.transport is not None:
             state.flow.hold(self.transport)
 
-    def _rate_limited(self, session: Session) -> None:
+    def _rate_limited(self, session: Session, data: str | bytes | bytearray) -> None:
         """Drop one message over the rate; close a client that keeps flooding."""
         self.state.metrics.rate_limited += 1
         self._drops += 1
         if self._drops > self.state.config.burst:
             self.close(CloseCode.RATE_LIMITED, "too many messages")
-        elif not session.plain:
-            self.state.chat.refuse(session, "rate_limited", "slow down: message dropped")
+        elif not session.plain and isinstance(data, str):
+            self.state.chat.refuse(session, "rate_limited", "slow down: message dropped", data)
 
     def _close_received(self, event: CloseConnection) -> None:
         ws = self.ws

@@ -139,16 +139,23 @@ def client_address(peer: str, headers: Iterable[tuple[bytes, bytes]], trust_prox
     """The address limits are counted against.
 
     Without ``trust_proxy`` it is the TCP peer: forwarding headers are anyone's
-    to write. Behind a proxy it is the address the proxy saw, the last entry it
-    appended to ``X-Forwarded-For`` or ``Forwarded: for=``.
+    to write. Behind a proxy it is the address the proxy saw: the last entry it
+    appended to ``X-Forwarded-For`` or, for a proxy that sets only that,
+    ``Forwarded: for=``.
     """
     if not trust_proxy:
         return peer
+    # X-Forwarded-For is what nginx, Caddy and HAProxy set. When it is there,
+    # a Forwarded header can only be the client's own invention, passed along
+    # by a proxy that does not know it: it is believed only on its own.
+    forwarded_for = [value for name, value in headers if name == b"x-forwarded-for"]
     found: str | None = None
-    for name, value in headers:
-        if name == b"x-forwarded-for":
-            found = value.decode("latin-1").split(",")[-1].strip() or found
-        elif name == b"forwarded":
+    if forwarded_for:
+        found = forwarded_for[-1].decode("latin-1").split(",")[-1].strip() or None
+    else:
+        for name, value in headers:
+            if name != b"forwarded":
+                continue
             for element in value.decode("latin-1").split(","):
                 for pair in element.split(";"):
                     key, _, val = pair.strip().partition("=")

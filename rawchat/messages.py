@@ -290,6 +290,16 @@ def encode_presence(room: str, event: str, nick: str, old: str | None = None) ->
     return _dumps(message)
 
 
+def cid_of(text: str) -> str | None:
+    """The ``cid`` of a message that will not be handled, to answer it by, if it has one."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    cid = value.get("cid") if isinstance(value, dict) else None
+    return cid if isinstance(cid, str) and len(cid) <= MAX_CID else None
+
+
 def encode_error(code: str, message: str, cid: str | None = None) -> str:
     error = {"type": "error", "code": code, "message": message}
     if cid is not None:

@@ -9,6 +9,7 @@ process (the tests run many).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -134,16 +135,27 @@ def render(state: ServerState) -> bytes:
         "Most bytes any one client had waiting to be sent.",
         hub.high_water,
     )
+    broker = state.broker
+    if broker is not None:
+        w.one(
+            "rawchat_broker_up", "gauge", "1 while the Redis broker is reachable.", int(broker.up)
+        )
+        w.one("rawchat_broker_outages", "counter", "Times the broker was lost.", broker.outages)
     return ("\n".join(w.lines) + "\n").encode()
 
 
 def health(state: ServerState) -> bytes:
-    return json.dumps(
-        {
-            "status": "ok",
-            "connections": len(state.connections),
-            "websockets": len(state.websockets),
-            "rooms": len(state.chat.rooms),
-            "uptime": round(time.time() - state.metrics.started, 3),
-        }
-    ).encode()
+    report: dict[str, object] = {
+        "status": "ok",
+        "connections": len(state.connections),
+        "websockets": len(state.websockets),
+        "rooms": len(state.chat.rooms),
+        "uptime": round(time.time() - state.metrics.started, 3),
+        "pid": os.getpid(),
+    }
+    broker = state.broker
+    if broker is not None:
+        report["broker"] = {"up": broker.up, "node": broker.node, "outages": broker.outages}
+        if not broker.up:
+            report["status"] = "degraded"
+    return json.dumps(report).encode()

@@ -8,6 +8,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsproto.frame_protocol import CloseReason
 
@@ -19,6 +20,9 @@ from rawchat.flow import Backpressure
 from rawchat.hub import Hub, Outbox
 from rawchat.limits import Occupancy, PerAddress
 from rawchat.metrics import Metrics
+
+if TYPE_CHECKING:
+    from rawchat.broker import Broker
 
 log = logging.getLogger("rawchat")
 
@@ -48,6 +52,7 @@ class ServerState:
         self.handshake_limiter = PerAddress(
             config.handshake_rate, config.handshake_burst, loop.time
         )
+        self.broker: Broker | None = None
         #: Set during shutdown; resolved when the last connection is gone.
         self.drained: asyncio.Future[None] | None = None
 
@@ -109,6 +114,7 @@ class Server:
         self.state: ServerState | None = None
         self._server: asyncio.Server | None = None
         self._keepalive: Keepalive | None = None
+        self.broker: Broker | None = None
 
     @property
     def port(self) -> int:
@@ -119,6 +125,11 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.state = state = ServerState(self.config, loop)
+        if self.config.broker is not None:
+            from rawchat.broker import Broker
+
+            self.broker = state.broker = Broker(self.config.broker, state.chat, self.config.history)
+            await self.broker.start()
         self._server = await loop.create_server(
             lambda: Connection(state),
             self.config.host,
@@ -126,6 +137,7 @@ class Server:
             backlog=4096,
             ssl=tls_context(self.config),
             ssl_handshake_timeout=self.config.handshake_timeout if self.config.certfile else None,
+            reuse_port=self.config.reuse_port or None,
         )
         self._keepalive = Keepalive(state)
         self._keepalive.start()
@@ -153,6 +165,8 @@ class Server:
             if conn.transport is not None:
                 conn.transport.abort()
         await self._server.wait_closed()
+        if self.broker is not None:
+            await self.broker.stop()
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:

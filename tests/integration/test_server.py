@@ -157,7 +157,9 @@ def test_a_client_that_never_reads_is_evicted_and_costs_at_most_max_buffer(loop_
     size, count = 32 * KiB, 600  # 19 MB: far more than the kernel's socket buffers hold
 
     async def main() -> None:
-        async with serving(max_buffer=max_buffer, max_message=64 * KiB, slow_timeout=0.5, rate=0) as server:
+        async with serving(
+            max_buffer=max_buffer, max_message=64 * KiB, slow_timeout=0.5, rate=0
+        ) as server:
             state = server.state
             assert state is not None
             slow = await RawClient.connect(server.port, rcvbuf=4096)

@@ -1,0 +1,188 @@
+"""Several rawchat nodes joined through a real redis-server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websockets
+
+from rawchat.server import Server
+from tests.integration.conftest import run, serving, ws_url
+from tests.integration.redis_server import RedisServer
+
+V1 = ["rawchat.v1"]
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+class Chatter:
+    """A rawchat.v1 client that reads JSON and skips what a test does not look at."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def hello(
+        cls, server: Server, nick: str, **extra: Any
+    ) -> tuple[Chatter, dict[str, Any], dict[str, Any]]:
+        ws = await websockets.connect(ws_url(server), subprotocols=V1)  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "hello", "nick": nick, **extra}))
+        chatter = cls(ws)
+        welcome = await chatter.next("welcome")
+        joined = await chatter.next("joined")
+        return chatter, welcome, joined
+
+    async def next(self, kind: str, **match: Any) -> dict[str, Any]:
+        while True:
+            message = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
+            if message["type"] == kind and all(message.get(k) == v for k, v in match.items()):
+                return message  # type: ignore[no-any-return]
+
+    async def say(self, text: str, room: str = "lobby") -> None:
+        await self.ws.send(json.dumps({"type": "msg", "room": room, "text": text}))
+
+
+def guest_nick(server: Server) -> str:
+    """The nick of the one plain client connected to ``server``."""
+    assert server.state is not None
+    (nick,) = [s.nick for s in server.state.chat.nicks.values() if s.plain]
+    return nick
+
+
+def test_clients_on_two_nodes_chat_and_agree_on_presence_and_history(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> None:
+        async with serving(broker=redis_server.url) as a, serving(broker=redis_server.url) as b:
+            ann, _, _ = await Chatter.hello(a, "ann")
+            bob, _, joined_b = await Chatter.hello(b, "bob")
+            assert (await ann.next("presence"))["nick"] == "bob"
+            # Two nodes race: bob learns of ann from his joined, or from the
+            # presence that follows it when her join reached Redis after his.
+            if "ann" not in joined_b["members"]:
+                assert (await bob.next("presence", event="join"))["nick"] == "ann"
+            plain_a = await websockets.connect(ws_url(a))
+            plain_b = await websockets.connect(ws_url(b))
+            guest_a, guest_b = (guest_nick(node) for node in (a, b))
+            for chatter in (ann, bob):  # each sees both guests arrive, whichever node they are on
+                arrived = {(await chatter.next("presence", event="join"))["nick"] for _ in range(2)}
+                assert arrived == {guest_a, guest_b}
+
+            await ann.say("from ann on A")
+            await plain_b.send("from a guest on B")
+            # Sent at once to two nodes, the two messages may be numbered either
+            # way; what matters is that everyone sees one and the same order.
+            orders = []
+            for chatter in (ann, bob):
+                first = await chatter.next("msg")
+                second = await chatter.next("msg")
+                assert second["id"] == first["id"] + 1, "one id sequence across nodes"
+                orders.append([(m["id"], m["nick"], m["text"]) for m in (first, second)])
+            assert orders[0] == orders[1]
+            assert {(nick, text) for _, nick, text in orders[0]} == {
+                ("ann", "from ann on A"),
+                (guest_b, "from a guest on B"),
+            }
+            texts = [text for _, _, text in orders[0]]
+            for plain in (plain_a, plain_b):
+                assert [await plain.recv(), await plain.recv()] == texts
+            assert guest_a != guest_b
+
+            # A late joiner on either node sees the same members and history.
+            views = []
+            for node, nick in ((a, "cat"), (b, "dan")):
+                late, _, joined = await Chatter.hello(node, nick)
+                views.append(joined)
+                await late.ws.close()
+            histories = [[h["text"] for h in view["history"]] for view in views]
+            assert histories[0] == histories[1] == texts
+            assert views[0]["last_id"] == views[1]["last_id"]
+            for view in views:
+                assert {"ann", "bob", guest_a, guest_b} <= set(view["members"])
+                assert len(view["members"]) == len(set(view["members"])), "no one twice"
+            for ws in (ann.ws, bob.ws, plain_a, plain_b):
+                await ws.close()
+
+    run(main)
+
+
+def test_a_client_resumes_on_the_other_node_without_gaps_or_duplicates(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> None:
+        async with serving(broker=redis_server.url) as a, serving(broker=redis_server.url) as b:
+            ann, welcome, _ = await Chatter.hello(a, "ann")
+            talker, _, _ = await Chatter.hello(b, "talker")
+            for i in range(3):
+                await talker.say(f"before {i}")
+            seen = [await ann.next("msg") for _ in range(3)]
+            await ann.ws.close()
+            for i in range(4):
+                await talker.say(f"while away {i}")
+            resume = {"lobby": seen[-1]["id"]}
+            back, _, joined = await Chatter.hello(b, "ann", resume=resume, epoch=welcome["epoch"])
+            assert joined["truncated"] is False
+            await talker.say("after")
+            # What node B had already received comes as history, the rest live:
+            # together, every missed message exactly once, in order.
+            got = list(joined["history"])
+            while not got or got[-1]["text"] != "after":
+                got.append(await back.next("msg"))
+            assert [g["text"] for g in got] == [f"while away {i}" for i in range(4)] + ["after"]
+            first = seen[-1]["id"] + 1
+            assert [g["id"] for g in got] == list(range(first, first + 5))
+            await back.ws.close()
+            await talker.ws.close()
+
+    run(main)
+
+
+def health(server: Server) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+def test_a_redis_outage_keeps_local_chat_going_and_heals(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with serving(broker=redis_server.url) as a, serving(broker=redis_server.url) as b:
+            assert a.broker is not None and b.broker is not None
+            ann, _, _ = await Chatter.hello(a, "ann")
+            amy, _, _ = await Chatter.hello(a, "amy")
+            bob, _, _ = await Chatter.hello(b, "bob")
+
+            redis_server.kill()
+            await asyncio.wait_for(a.broker.disconnected.wait(), 10)
+            await asyncio.wait_for(b.broker.disconnected.wait(), 10)
+            report = await asyncio.to_thread(health, a)
+            assert report["status"] == "degraded" and report["broker"]["up"] is False
+
+            await ann.say("local while Redis is down")
+            assert (await amy.next("msg"))["text"] == "local while Redis is down"
+            assert (await ann.next("msg"))["text"] == "local while Redis is down"
+
+            redis_server.start()
+            await asyncio.wait_for(a.broker.connected.wait(), 20)
+            await asyncio.wait_for(b.broker.connected.wait(), 20)
+            assert (await asyncio.to_thread(health, b))["status"] == "ok"
+            await bob.say("across again")
+            for chatter in (ann, amy):
+                assert (await chatter.next("msg", text="across again"))["nick"] == "bob"
+            await ann.say("and back")
+            assert (await bob.next("msg", text="and back"))["nick"] == "ann"
+            for ws in (ann.ws, amy.ws, bob.ws):
+                await ws.close()
+
+    run(main)
