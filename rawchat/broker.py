@@ -217,6 +217,9 @@ class Broker:
         end = await r.incrby(PREFIX + "guests", GUEST_BLOCK)
         self.chat.guests = itertools.count(int(end) - GUEST_BLOCK + 1)
         await self._beat()
+        # Every node keeps the lobby loaded from the start: plain clients get no
+        # history, so they must find it ready to deliver from their first moment.
+        self.chat.room(m.DEFAULT_ROOM)
         for room in list(self.chat.rooms.values()):
             if room.last_id:
                 await self._raise_script(keys=[_key("id", room.name)], args=[room.last_id])
@@ -356,22 +359,32 @@ class Broker:
         if self.chat.rooms.get(name) is not room:
             return
         last_id = int(counter or 0)
-        if last_id >= room.last_id:
-            room.history.clear()
-            for _, fields in reversed(entries):
-                message = json.loads(fields["m"])
-                room.history.append(
-                    m.encode_msg(
-                        name, message["id"], message["ts"], message["nick"], message["text"]
-                    )
-                )
-            room.last_id = last_id
+        stored = [json.loads(fields["m"]) for _, fields in reversed(entries)]
         room.remote = {}
         for field, nick in members.items():
             node = field.split(":", 1)[0]
             if node != self.node:
                 room.remote[nick] = node
-        self.chat.room_loaded(room)
+        if room.last_id == 0 and not room.history:
+            # A room new to this node: what Redis keeps is its history.
+            for message in stored:
+                room.history.append(
+                    m.encode_msg(
+                        name, message["id"], message["ts"], message["nick"], message["text"]
+                    )
+                )
+            room.last_id = max(last_id, room.last_id)
+            self.chat.room_loaded(room)
+        else:
+            # A reload (after an outage, or a gap): members are here and must
+            # get what they missed live, after any waiting join is answered.
+            self.chat.room_loaded(room)
+            for message in stored:
+                if message["id"] > room.last_id:
+                    self.chat.deliver(
+                        room, message["id"], message["ts"], message["nick"], message["text"]
+                    )
+            room.last_id = max(last_id, room.last_id)
         for message in buffered:
             self._apply(message)
 

@@ -155,7 +155,7 @@ class Chat:
         while m.nick_key(nick) in self.nicks:
             nick = f"guest-{next(self.guests)}"
         self._claim_nick(session, nick)
-        self._enter(session, self._room(m.DEFAULT_ROOM))
+        self._enter(session, self.room(m.DEFAULT_ROOM))
         return session
 
     def connect_v1(self, outbox: Outbox, close: Callable[[int, str], None]) -> Session:
@@ -256,7 +256,7 @@ class Chat:
         if room is None:
             if len(session.rooms) >= self.max_rooms:
                 raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
-            room = self._room(name)
+            room = self.room(name)
             self._enter(session, room)
         if room.loaded:
             self._joined(session, room, after, stale)
@@ -358,7 +358,8 @@ class Chat:
         session.nick = nick
         session.key = key
 
-    def _room(self, name: str) -> Room:
+    def room(self, name: str) -> Room:
+        """The room called ``name``, made (and, with a broker, loaded) if need be."""
         room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(name, self.history)

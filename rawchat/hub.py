@@ -187,7 +187,13 @@ class Hub:
         """Remove and return what is queued for ``box``, to write ahead of a close frame."""
         frames = box.frames
         box.frames = None
-        return b"".join(frames) if frames else b""
+        if not frames:
+            return b""
+        data = b"".join(frames)
+        # The caller writes these: they count as sent.
+        self.frames_out += len(frames)
+        self.bytes_out += len(data)
+        return data
 
     def flush(self) -> None:
         """Write every dirty outbox's frames in one ``transport.write`` each."""

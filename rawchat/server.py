@@ -187,16 +187,18 @@ def listening_line(config: Config, port: int) -> str:
 
 
 async def serve(config: Config, ready: Callable[[Server], None] | None = None) -> None:
-    server = Server(config)
-    await server.start()
-    log.info("%s", listening_line(config, server.port))
-    if ready is not None:
-        ready(server)
+    # Signals are caught before anything starts, so that one arriving while
+    # the broker connects still ends in a graceful shutdown.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    server = Server(config)
     try:
+        await server.start()
+        log.info("%s", listening_line(config, server.port))
+        if ready is not None:
+            ready(server)
         await stop.wait()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):

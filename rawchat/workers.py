@@ -65,8 +65,14 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
         nonlocal stopping
         stopping = True
         for proc in workers.values():
-            if proc.poll() is None:
-                proc.send_signal(signum)
+            proc.send_signal(signum)
+        # A worker that has not finished its graceful shutdown in time is killed.
+        signal.alarm(int(config.shutdown_timeout + config.close_timeout) + 2)
+
+    def kill_stragglers(signum: int, frame: FrameType | None) -> None:
+        for pid, proc in workers.items():
+            log.warning("worker %d did not stop in time; killing it", pid)
+            proc.kill()
 
     workers: dict[int, subprocess.Popen[bytes]] = {}
     started: dict[int, float] = {}
@@ -78,6 +84,7 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGALRM, kill_stragglers)
     for _ in range(config.workers):
         spawn()
     scheme = "https" if config.certfile else "http"

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import re
+import signal
+import sys
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -184,5 +189,97 @@ def test_a_redis_outage_keeps_local_chat_going_and_heals(redis_server: RedisServ
             assert (await bob.next("msg", text="and back"))["nick"] == "ann"
             for ws in (ann.ws, amy.ws, bob.ws):
                 await ws.close()
+
+    run(main)
+
+
+def test_two_workers_share_a_port_and_the_supervisor_replaces_a_dead_one(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "rawchat",
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--uvloop",
+            "--broker",
+            redis_server.url,
+            "--log-level",
+            "info",
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group: the workers go down with it
+        )
+        assert proc.stderr is not None
+        stderr = proc.stderr
+
+        async def line_matching(pattern: str) -> re.Match[str]:
+            while True:
+                line = (await asyncio.wait_for(stderr.readline(), 20)).decode()
+                assert line, "rawchat exited"
+                found = re.search(pattern, line)
+                if found:
+                    return found
+
+        try:
+            port = int(
+                (
+                    await line_matching(
+                        r"listening on http://127\.0\.0\.1:(\d+) \(uvloop, 2 workers\)"
+                    )
+                )[1]
+            )
+            for _ in range(2):
+                await line_matching(r"rawchat listening on .*\(uvloop\)$")
+            url = f"ws://127.0.0.1:{port}/ws"
+            clients = [await websockets.connect(url) for _ in range(16)]
+            await clients[0].send("to everyone, on both workers")
+            for ws in clients:
+                assert await asyncio.wait_for(ws.recv(), 10) == "to everyone, on both workers"
+
+            # Find both workers through /healthz (the kernel spreads connections), kill one.
+            pids: set[int] = set()
+            for _ in range(200):
+                report = await asyncio.to_thread(
+                    lambda: json.loads(
+                        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read()
+                    )
+                )
+                pids.add(report["pid"])
+                if len(pids) == 2:
+                    break
+            assert len(pids) == 2, "both workers answer on the one port"
+            victim = min(pids)
+            os.kill(victim, signal.SIGKILL)
+            await line_matching(rf"worker {victim} exited .*starting another")
+            await line_matching(r"rawchat listening on .*\(uvloop\)$")
+
+            # The dead worker's connections were closed by the kernel with it;
+            # the others still answer a ping.
+            survivors, lost = [], []
+            for ws in clients:
+                try:
+                    pong = await ws.ping()
+                    await asyncio.wait_for(pong, 10)
+                    survivors.append(ws)
+                except websockets.ConnectionClosed:
+                    lost.append(ws)
+            assert survivors and lost, "the kernel put clients on both workers"
+            newcomer = await websockets.connect(url)
+            await survivors[0].send("after the crash")
+            for ws in [*survivors, newcomer]:
+                assert await asyncio.wait_for(ws.recv(), 10) == "after the crash"
+            for ws in [*survivors, newcomer]:
+                await ws.close()
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await asyncio.wait_for(proc.wait(), 20)
 
     run(main)
