@@ -4,6 +4,7 @@
     python -m benchmarks fanout-max --server websockets
     python -m benchmarks --compare                 # every default scenario, all servers
     python -m benchmarks --compare fanout big --servers rawchat,aiohttp
+    python -m benchmarks workers                   # rawchat: 1 worker vs 2 through Redis
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.rig import Load
-from benchmarks.scenarios import SCENARIOS, load_for, overload
+from benchmarks.scenarios import SCENARIOS, SELF_MANAGED, load_for, overload
 from benchmarks.servers import (
     SERVER_MODULES,
     ServerProcess,
@@ -57,7 +58,13 @@ LOAD_FIELDS = [
     ("base_rate", float, "overload: sustainable msg/s (default: last fanout-max result)"),
     ("slow_share", float, "slow: share of clients that stop reading"),
     ("rcvbuf", int, "slow: SO_RCVBUF of the clients that stop reading"),
+    ("workers", int, "workers: rawchat processes joined through Redis (against 1)"),
 ]
+#: rawchat counters read from /metrics after a run (not after idle or connect).
+SCRAPED = {
+    "rawchat_senders_held_total": "server_senders_held_total",
+    "rawchat_write_buffer_high_water_bytes": "server_buffer_high_water_bytes",
+}
 
 
 def _common(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -98,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=1, help="--compare rounds per scenario")
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="scenario", metavar="SCENARIO")
-    for name in SCENARIOS:
-        p = sub.add_parser(name, help=(SCENARIOS[name].__doc__ or name).splitlines()[0])
+    for name in [*SCENARIOS, *SELF_MANAGED]:
+        doc = (SCENARIOS.get(name) or SELF_MANAGED[name]).__doc__ or name
+        p = sub.add_parser(name, help=doc.splitlines()[0])
         p.add_argument("--server", default="rawchat",
                        help=f"{', '.join(SERVER_MODULES)}; -asyncio suffix for no uvloop")
         _common(p, top=False)
@@ -124,6 +132,8 @@ async def run_one(
     scenario: str, spec: ServerSpec, load: Load, args: argparse.Namespace,
     known: dict[str, float], verbose: bool = True,
 ) -> report.Result | None:
+    if scenario in SELF_MANAGED:
+        return await run_self_managed(scenario, spec, load, args)
     server = ServerProcess(spec, pin=not args.no_pin)
     started = time.monotonic()
     try:
@@ -132,6 +142,8 @@ async def run_one(
             result = await overload(server, load, known)
         else:
             result = await SCENARIOS[scenario](server, load)
+        if scenario not in ("idle", "connect"):
+            add_scraped(server, result)
         if not server.alive():
             result.notes.append(f"server exited during the run:\n{server.log_tail()}")
         tracebacks = server.log_count("Traceback")
@@ -160,11 +172,40 @@ async def run_one(
     return result
 
 
+def add_scraped(server: ServerProcess, result: report.Result) -> None:
+    """rawchat's own counters for the run (one server per run, so they cover just it)."""
+    samples = server.scrape_metrics()
+    if samples is None:
+        return
+    for name, key in SCRAPED.items():
+        if name in samples:
+            result.metrics[key] = int(samples[name])
+    evicted = sum(v for k, v in samples.items() if k.startswith("rawchat_evictions_total"))
+    result.metrics["server_evictions_total"] = int(evicted)
+
+
+async def run_self_managed(
+    scenario: str, spec: ServerSpec, load: Load, args: argparse.Namespace
+) -> report.Result | None:
+    try:
+        result = await SELF_MANAGED[scenario](spec, load, not args.no_pin)
+    except (RuntimeError, OSError) as exc:
+        print(f"\n{scenario} on {spec.label} failed: {exc}", file=sys.stderr)
+        return None
+    if args.rawchat_ref:
+        result.params["rawchat_ref"] = args.rawchat_ref
+    report.print_result(result)
+    if not args.no_save:
+        report.append(result, args.results)
+    return result
+
+
 async def compare(args: argparse.Namespace) -> int:
     scenarios = args.compare or COMPARE_DEFAULT
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
-        print(f"unknown scenarios: {', '.join(unknown)}", file=sys.stderr)
+        print(f"unknown scenarios for --compare: {', '.join(unknown)} "
+              f"(run {', '.join(SELF_MANAGED)} on its own)", file=sys.stderr)
         return 2
     extra = tuple(args.server_arg)
     tree = rawchat_tree(args)

@@ -48,6 +48,8 @@ class Load:
     # slow: this share of clients stops reading, with this SO_RCVBUF.
     slow_share: float = 0.01
     rcvbuf: int = 4096
+    # workers: rawchat processes joined through Redis, against one.
+    workers: int = 2
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Snapshot:
     sent: int
     delivered: int
     machine_cpu: float = 0.0
+    #: CPU of processes serving alongside the server (its Redis broker).
+    extra_cpu: float = 0.0
 
 
 def percentiles_ms(samples: array[int]) -> dict[str, float | None]:
@@ -85,6 +89,7 @@ def other_cpu_pct(a: Snapshot, b: Snapshot) -> float:
     """CPU of everything but the server and this tool between two snapshots."""
     wall = b.at - a.at
     ours = (b.tool_cpu - a.tool_cpu) + (b.server_cpu - a.server_cpu)
+    ours += b.extra_cpu - a.extra_cpu
     return round(max(0.0, 100 * ((b.machine_cpu - a.machine_cpu) - ours) / wall), 1)
 
 
@@ -254,6 +259,7 @@ class Rig:
             sent=self.total_sent,
             delivered=sum(c.delivered for c in self.clients if c.index not in self.excluded),
             machine_cpu=machine_busy_seconds(),
+            extra_cpu=self.server.extra_cpu_seconds(),
         )
 
     def pending(self) -> int:
@@ -383,6 +389,8 @@ class Rig:
             "tool_saturated": tool_share >= SATURATED or tool_behind,
             "other_cpu_pct": other_cpu_pct(a, b),
         }
+        if self.server.redis is not None:
+            metrics["broker_cpu_pct"] = round(100 * (b.extra_cpu - a.extra_cpu) / wall, 1)
         return metrics
 
     def totals(self) -> dict[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,7 +12,13 @@ from typing import Any
 from benchmarks.client import BenchClient, RunState, close_all, connect_many
 from benchmarks.report import Result, last_metric
 from benchmarks.rig import BUSY_MACHINE_PCT, SATURATED, Load, Rig, RssSampler, StatusLine
-from benchmarks.servers import ServerProcess, fd_limit, machine_busy_seconds
+from benchmarks.servers import (
+    RedisProcess,
+    ServerProcess,
+    ServerSpec,
+    fd_limit,
+    machine_busy_seconds,
+)
 
 SATURATED_NOTE = "load tool saturated: ceiling not measured"
 #: A fanout-max step passes with this delivery ratio and p99 latency.
@@ -84,86 +91,118 @@ async def fanout_max(server: ServerProcess, load: Load) -> Result:
     so every step starts from the same state.
     """
     rig = Rig(server, load, f"fanout-max {server.spec.label}")
-    steps: list[dict[str, Any]] = []
     notes: list[str] = []
-    best: dict[str, Any] | None = None
     started = time.monotonic()
     try:
         await rig.connect()
-        low, high = 0.0, None
-        rate = load.start_rate
-        bisections = 0
-        warm = load.step_seconds / 4
-        for _ in range(load.max_steps):
-            if time.monotonic() - started > load.max_seconds:
-                notes.append(f"stopped at the {load.max_seconds:g} s time cap")
-                break
-            replaced = await rig.top_up()
-            m = await rig.window(rate, warm, load.step_seconds - warm, drain=5.0)
-            ok = _passes(m)
-            steps.append({"rate": rate, "ok": ok, "replaced_before": replaced, **m})
-            if ok:
-                low = rate
-                if best is None or m["delivered_per_s"] > best["delivered_per_s"]:
-                    best = m
-                if m["tool_saturated"]:
-                    # Past here the steps would measure the load tool, not the server.
-                    notes.append(f"stopped: load tool saturated at {rate:g} msg/s, the "
-                                 "server's ceiling is higher")
-                    break
-            else:
-                high = rate
-            if high is None:
-                rate *= 2
-                continue
-            if low == 0:
-                # Even the first step failed: come down until one passes.
-                if rate <= load.start_rate / 16:
-                    break
-                rate /= 2
-                continue
-            if bisections >= load.bisect or high / low < 1.1:
-                break
-            bisections += 1
-            rate = (low + high) / 2
-        else:
-            notes.append(f"stopped after {load.max_steps} steps")
+        stepping = await step_up(rig, load, started, notes)
         order = rig.order_report()
     finally:
         await rig.close()
-    metrics: dict[str, Any] = {
-        "sustainable_msg_per_s": low or None,
-        "sustainable_deliveries_per_s": best["delivered_per_s"] if best else None,
-        "first_failing_msg_per_s": high,
-    }
-    if best is not None:
-        for key in ("p50_ms", "p99_ms", "delivery_ratio", "server_cpu_pct", "tool_cpu_pct"):
-            metrics[f"at_best_{key}"] = best[key]
-    metrics["steps"] = len(steps)
-    metrics["other_cpu_pct"] = max((s["other_cpu_pct"] for s in steps), default=0.0)
+    metrics = stepping.metrics()
     metrics["seconds"] = round(time.monotonic() - started, 1)
     metrics.update({k: order[k] for k in ("lost", "duplicated", "reordered")})
     _busy_note(metrics, notes)
-    if best is None:
-        notes.append(f"no step passed, down to {load.start_rate / 16:g} msg/s")
-    if any(s["tool_saturated"] for s in steps if s["rate"] == high) or (
-        best is not None and best["tool_saturated"]
-    ):
-        notes.append(SATURATED_NOTE)
-    step_line = ", ".join(
-        f"{s['rate']:g}{'' if s['ok'] else '✗'} ({s['delivery_ratio']}, p99 {s['p99_ms']})"
-        for s in steps
-    )
-    notes.append(f"steps msg/s (delivery ratio, p99 ms): {step_line}")
+    notes += stepping.notes(load)
     params = _params(load, "clients", "senders", "size", "start_rate", "step_seconds",
                      "bisect", "sample_every")
     result = Result("fanout-max", server.spec.label, params, metrics, notes)
-    result.params["step_detail"] = [
-        {k: s[k] for k in ("rate", "ok", "delivered_per_s", "delivery_ratio", "p99_ms",
-                           "tool_cpu_pct", "server_cpu_pct", "closed_by_server")}
-        for s in steps
-    ]
+    result.params["step_detail"] = stepping.detail()
     return result
+
+
+@dataclasses.dataclass
+class Stepping:
+    """What :func:`step_up` found: every step, the best passing one, the bounds."""
+
+    steps: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    low: float
+    high: float | None
+
+    def metrics(self) -> dict[str, Any]:
+        best = self.best
+        metrics: dict[str, Any] = {
+            "sustainable_msg_per_s": self.low or None,
+            "sustainable_deliveries_per_s": best["delivered_per_s"] if best else None,
+            "first_failing_msg_per_s": self.high,
+        }
+        if best is not None:
+            for key in ("p50_ms", "p99_ms", "delivery_ratio", "server_cpu_pct",
+                        "broker_cpu_pct", "tool_cpu_pct"):
+                if key in best:
+                    metrics[f"at_best_{key}"] = best[key]
+        metrics["steps"] = len(self.steps)
+        metrics["other_cpu_pct"] = max((s["other_cpu_pct"] for s in self.steps), default=0.0)
+        return metrics
+
+    def notes(self, load: Load) -> list[str]:
+        notes = []
+        if self.best is None:
+            notes.append(f"no step passed, down to {load.start_rate / 16:g} msg/s")
+        elif self.high is None:
+            notes.append(f"no step failed: the ceiling is above {self.low:g} msg/s "
+                         "(stopped by a cap, not by the server)")
+        if any(s["tool_saturated"] for s in self.steps if s["rate"] == self.high) or (
+            self.best is not None and self.best["tool_saturated"]
+        ):
+            notes.append(SATURATED_NOTE)
+        step_line = ", ".join(
+            f"{s['rate']:g}{'' if s['ok'] else '✗'} ({s['delivery_ratio']}, p99 {s['p99_ms']})"
+            for s in self.steps
+        )
+        notes.append(f"steps msg/s (delivery ratio, p99 ms): {step_line}")
+        return notes
+
+    def detail(self) -> list[dict[str, Any]]:
+        keys = ("rate", "ok", "delivered_per_s", "delivery_ratio", "p99_ms", "tool_cpu_pct",
+                "server_cpu_pct", "broker_cpu_pct", "closed_by_server")
+        return [{k: s[k] for k in keys if k in s} for s in self.steps]
+
+
+async def step_up(rig: Rig, load: Load, started: float, notes: list[str]) -> Stepping:
+    """fanout-max's stepping on a connected rig, until a bound, a step cap or the time cap."""
+    steps: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    low, high = 0.0, None
+    rate = load.start_rate
+    bisections = 0
+    warm = load.step_seconds / 4
+    for _ in range(load.max_steps):
+        if time.monotonic() - started > load.max_seconds:
+            notes.append(f"stopped at the {load.max_seconds:g} s time cap")
+            break
+        replaced = await rig.top_up()
+        m = await rig.window(rate, warm, load.step_seconds - warm, drain=5.0)
+        ok = _passes(m)
+        steps.append({"rate": rate, "ok": ok, "replaced_before": replaced, **m})
+        if ok:
+            low = rate
+            if best is None or m["delivered_per_s"] > best["delivered_per_s"]:
+                best = m
+            if m["tool_saturated"]:
+                # Past here the steps would measure the load tool, not the server.
+                notes.append(f"stopped: load tool saturated at {rate:g} msg/s, the "
+                              "server's ceiling is higher")
+                break
+        else:
+            high = rate
+        if high is None:
+            rate *= 2
+            continue
+        if low == 0:
+            # Even the first step failed: come down until one passes.
+            if rate <= load.start_rate / 16:
+                break
+            rate /= 2
+            continue
+        if bisections >= load.bisect or high / low < 1.1:
+            break
+        bisections += 1
+        rate = (low + high) / 2
+    else:
+        notes.append(f"stopped after {load.max_steps} steps")
+    return Stepping(steps, best, low, high)
 
 
 def _cap_clients(wanted: int, notes: list[str]) -> int:
@@ -339,6 +378,158 @@ async def slow(server: ServerProcess, load: Load) -> Result:
     return Result("slow", server.spec.label, params, metrics, notes)
 
 
+WORKERS_SHARED_NOTE = (
+    "{n} workers, Redis and the load tool share the machine's {cores} cores (no pinning); "
+    "the 1-worker run is pinned as usual (server one core, tool the other). On two cores "
+    "the 2-worker run is not a scaling measurement: tool, workers and Redis compete."
+)
+
+
+async def _worker_phase(
+    server: ServerProcess, load: Load, notes: list[str]
+) -> dict[str, Any]:
+    """One configuration: fixed-rate fan-out, then fanout-max's stepping, one set of clients."""
+    rig = Rig(server, load, f"workers {server.spec.label}")
+    started = time.monotonic()
+    out: dict[str, Any] = {}
+    try:
+        await rig.connect()
+        spread = server.connections_per_worker()
+        fixed = await rig.window(load.rate, load.warmup, load.duration, phase="fixed rate")
+        step_notes: list[str] = []
+        stepping = await step_up(rig, load, time.monotonic(), step_notes)
+        order = rig.order_report()
+        if server.alive():
+            out["metrics_scrape"] = server.scrape_metrics()
+    finally:
+        await rig.close()
+    out["fixed"] = fixed
+    out["stepping"] = stepping
+    out["spread"] = spread
+    out["order"] = order
+    out["seconds"] = round(time.monotonic() - started, 1)
+    notes += [f"[{server.spec.label}] {n}" for n in step_notes + stepping.notes(load)]
+    return out
+
+
+def _phase_metrics(prefix: str, phase: dict[str, Any]) -> dict[str, Any]:
+    fixed = phase["fixed"]
+    stepping: Stepping = phase["stepping"]
+    best = stepping.best or {}
+    m: dict[str, Any] = {
+        f"{prefix}_fixed_delivered_per_s": fixed["delivered_per_s"],
+        f"{prefix}_fixed_delivery_ratio": fixed["delivery_ratio"],
+        f"{prefix}_fixed_p50_ms": fixed["p50_ms"],
+        f"{prefix}_fixed_p99_ms": fixed["p99_ms"],
+        f"{prefix}_fixed_server_cpu_pct": fixed["server_cpu_pct"],
+        f"{prefix}_sustainable_msg_per_s": stepping.low or None,
+        f"{prefix}_sustainable_deliveries_per_s": best.get("delivered_per_s"),
+        f"{prefix}_first_failing_msg_per_s": stepping.high,
+        f"{prefix}_at_best_p99_ms": best.get("p99_ms"),
+        f"{prefix}_at_best_server_cpu_pct": best.get("server_cpu_pct"),
+        f"{prefix}_at_best_tool_cpu_pct": best.get("tool_cpu_pct"),
+        f"{prefix}_tool_saturated": bool(best.get("tool_saturated")),
+    }
+    if "broker_cpu_pct" in fixed:
+        m[f"{prefix}_fixed_broker_cpu_pct"] = fixed["broker_cpu_pct"]
+        m[f"{prefix}_at_best_broker_cpu_pct"] = best.get("broker_cpu_pct")
+    if phase["spread"]:
+        m[f"{prefix}_connections_per_worker"] = phase["spread"]
+    m[f"{prefix}_lost"] = phase["order"]["lost"]
+    m[f"{prefix}_duplicated"] = phase["order"]["duplicated"]
+    m[f"{prefix}_reordered"] = phase["order"]["reordered"]
+    m[f"{prefix}_other_cpu_pct"] = max(
+        [fixed["other_cpu_pct"], *(s["other_cpu_pct"] for s in stepping.steps)])
+    m[f"{prefix}_seconds"] = phase["seconds"]
+    return m
+
+
+async def workers(spec: ServerSpec, load: Load, pin: bool = True) -> Result:
+    """rawchat on 1 worker (no broker) against N workers joined through a Redis of our own.
+
+    The same fan-out for both: a fixed-rate window, then fanout-max's stepping
+    (``max_seconds`` per configuration). The ratio is N workers / 1 worker.
+    """
+    if spec.name != "rawchat":
+        raise RuntimeError("the workers scenario runs rawchat only")
+    n = load.workers
+    cores = len(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
+    notes: list[str] = []
+    metrics: dict[str, Any] = {}
+    single = dataclasses.replace(spec, workers=1, broker=None)
+    phases: dict[str, dict[str, Any]] = {}
+    server = ServerProcess(single, pin=pin)
+    try:
+        server.start()
+        phases["one"] = await _worker_phase(server, load, notes)
+    except (RuntimeError, OSError) as exc:
+        notes.append(f"1 worker failed: {exc}\n{server.log_tail()}")
+    finally:
+        server.stop()
+        _server_log_note(server, notes)
+    redis = RedisProcess()
+    multi: ServerProcess | None = None
+    try:
+        redis.start()
+        multi = ServerProcess(dataclasses.replace(spec, workers=n, broker=redis.url),
+                              pin=False, redis=redis)
+        multi.start(timeout=30.0)
+        phases["many"] = await _worker_phase(multi, load, notes)
+        redis_rss = redis.rss_bytes()
+    except (RuntimeError, OSError) as exc:
+        tail = multi.log_tail() if multi is not None else redis.log_tail()
+        notes.append(f"{n} workers failed: {exc}\n{tail}")
+        redis_rss = 0
+    finally:
+        if multi is not None:
+            multi.stop()
+            _server_log_note(multi, notes)
+        redis.stop()
+    if "one" in phases:
+        metrics.update(_phase_metrics("w1", phases["one"]))
+    if "many" in phases:
+        metrics.update(_phase_metrics(f"w{n}", phases["many"]))
+        metrics["redis_rss_mb"] = round(redis_rss / 2**20, 1)
+        scrape = phases["many"].get("metrics_scrape") or {}
+        if scrape:
+            metrics["broker_outages_one_worker"] = scrape.get("rawchat_broker_outages_total")
+    one_rate = metrics.get("w1_sustainable_deliveries_per_s")
+    many_rate = metrics.get(f"w{n}_sustainable_deliveries_per_s")
+    metrics[f"ratio_sustainable_w{n}_over_w1"] = (
+        round(many_rate / one_rate, 3) if one_rate and many_rate else None)
+    one_fixed = metrics.get("w1_fixed_delivered_per_s")
+    many_fixed = metrics.get(f"w{n}_fixed_delivered_per_s")
+    metrics[f"ratio_fixed_w{n}_over_w1"] = (
+        round(many_fixed / one_fixed, 3) if one_fixed and many_fixed else None)
+    notes.insert(0, WORKERS_SHARED_NOTE.format(n=n, cores=cores))
+    for key in ("w1_other_cpu_pct", f"w{n}_other_cpu_pct"):
+        if (metrics.get(key) or 0) >= BUSY_MACHINE_PCT:
+            notes.append(f"{key} = {metrics[key]}%: other processes were busy, the numbers "
+                         "are not reliable")
+    for key in ("w1_tool_saturated", f"w{n}_tool_saturated"):
+        if metrics.get(key):
+            notes.append(f"{key}: {SATURATED_NOTE}")
+    params = _params(load, "clients", "senders", "size", "rate", "duration", "warmup",
+                     "start_rate", "step_seconds", "bisect", "max_seconds", "sample_every",
+                     "workers")
+    params["broker"] = "redis-server (own, loopback, no persistence)"
+    params["pinned"] = {"w1": pin, f"w{n}": False}
+    result = Result("workers", spec.label, params, metrics, notes)
+    if "one" in phases:
+        result.params["w1_step_detail"] = phases["one"]["stepping"].detail()
+    if "many" in phases:
+        result.params[f"w{n}_step_detail"] = phases["many"]["stepping"].detail()
+    return result
+
+
+def _server_log_note(server: ServerProcess, notes: list[str]) -> None:
+    tracebacks = server.log_count("Traceback")
+    if tracebacks:
+        notes.append(f"{tracebacks} tracebacks in the server log {server.log_path}")
+    else:
+        server.remove_log()
+
+
 SCENARIOS: dict[str, Scenario] = {
     "fanout": fanout,
     "fanout-max": fanout_max,
@@ -347,6 +538,11 @@ SCENARIOS: dict[str, Scenario] = {
     "connect": connect,
     "overload": overload,
     "slow": slow,
+}
+
+#: Scenarios that start their own servers: ``python -m benchmarks NAME``, not in --compare.
+SELF_MANAGED: dict[str, Callable[[ServerSpec, Load, bool], Awaitable[Result]]] = {
+    "workers": workers,
 }
 
 #: Scenario defaults that differ from :class:`Load`'s.
@@ -360,6 +556,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # Below every server's sustainable rate, so only the stalled clients differ;
     # 4 KiB messages build a backlog of 200 KB/s for each client that stops.
     "slow": {"rate": 50.0, "size": 4096},
+    # Per configuration: fixed-rate window, then at most a minute of stepping.
+    "workers": {"max_seconds": 60.0},
 }
 
 

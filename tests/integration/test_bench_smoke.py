@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -17,7 +19,7 @@ from benchmarks.frames import (
     frame_header,
     server_frame_size,
 )
-from benchmarks.scenarios import fanout, load_for
+from benchmarks.scenarios import fanout, load_for, workers
 from benchmarks.servers import ServerProcess, ServerSpec
 
 
@@ -119,3 +121,41 @@ def test_fanout_counts_every_delivery(server: str) -> None:
     assert m["sampled_connections"] == 7
     assert m["latency_samples"] > 0 and m["p50_ms"] is not None
     assert m["closed_by_server"] == 0
+
+
+def _server_processes() -> set[int]:
+    """Pids of every redis-server and rawchat worker or supervisor on the machine."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = b" ".join(argv)
+        if b"redis-server" in text or (b"rawchat" in text and (
+                b"--reuse-port" in text or b"--workers" in text)):
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_workers_scenario_counts_both_and_leaves_nothing_running() -> None:
+    before = _server_processes()
+    load = load_for(
+        "workers", clients=20, senders=2, rate=40.0, duration=1.0, warmup=0.2,
+        sample_every=3, start_rate=40.0, step_seconds=1.0, max_steps=2, max_seconds=2.0,
+        status=False,
+    )
+    result = asyncio.run(workers(ServerSpec.parse("rawchat-asyncio"), load, pin=False))
+    m = result.metrics
+    for prefix in ("w1", "w2"):
+        assert m[f"{prefix}_fixed_delivery_ratio"] == pytest.approx(1.0, abs=0.02)
+        assert m[f"{prefix}_sustainable_msg_per_s"] >= 40
+        assert m[f"{prefix}_lost"] == m[f"{prefix}_duplicated"] == 0
+    assert sum(m["w2_connections_per_worker"]) == 20
+    assert len(m["w2_connections_per_worker"]) == 2
+    assert m["ratio_sustainable_w2_over_w1"] is not None
+    assert m["broker_outages_one_worker"] == 0
+    assert _server_processes() <= before, "redis or rawchat workers left running"
