@@ -386,6 +386,7 @@ class Rig:
             "server_rss_peak_mb": round(rss.peak / 2**20, 1),
             "server_rss_growth_mb": round((b.server_rss - a.server_rss) / 2**20, 2),
             "tool_unread_kib_per_conn": round(unread_kib, 1),
+            "tool_behind": tool_behind,
             "tool_saturated": tool_share >= SATURATED or tool_behind,
             "other_cpu_pct": other_cpu_pct(a, b),
         }
