@@ -1,7 +1,7 @@
 """Charts from benchmarks/results/results.jsonl: ``python -m benchmarks.plot``.
 
-Uses the latest result of each (scenario, server) pair and writes PNGs next
-to the results file:
+Uses the latest result of each (scenario, server) pair under the load most
+servers of that scenario ran with, and writes PNGs next to the results file:
 
 * ``latency.png``: p50/p90/p99 per server for fanout, big, slow and overload;
 * ``deliveries.png``: deliveries per second per server (fanout, fanout-max,
@@ -11,6 +11,7 @@ to the results file:
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,34 @@ LATENCY_PANELS = [
 PERCENTILES = ["p50", "p90", "p99"]
 
 
+#: Parameters that differ between servers of one comparison, or only describe a run.
+_NOT_COMPARED = {"base_rate", "pinned", "rawchat_ref", "step_detail"}
+
+
+def _load_key(record: dict[str, Any]) -> str:
+    params = {k: v for k, v in record.get("params", {}).items()
+              if k not in _NOT_COMPARED and not k.endswith("step_detail")}
+    return json.dumps(params, sort_keys=True, default=str)
+
+
 def latest(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per scenario, the latest result of each server under one and the same load.
+
+    That load is the one the most servers were run with (the latest such on a
+    tie), so a one-off run of a single server at another rate (e.g. ``fanout
+    --rate 320``) doesn't stand beside the others' default runs.
+    """
+    groups: dict[str, dict[str, dict[tuple[str, str], dict[str, Any]]]] = {}
+    order: dict[tuple[str, str], int] = {}
+    for i, record in enumerate(records):
+        scenario = record["scenario"]
+        key = _load_key(record)
+        groups.setdefault(scenario, {}).setdefault(key, {})[(scenario, record["server"])] = record
+        order[(scenario, key)] = i
     found: dict[tuple[str, str], dict[str, Any]] = {}
-    for record in records:
-        found[(record["scenario"], record["server"])] = record
+    for scenario, by_load in groups.items():
+        best = max(by_load, key=lambda k: (len(by_load[k]), order[(scenario, k)]))
+        found.update(by_load[best])
     return found
 
 
