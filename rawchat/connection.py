@@ -446,7 +446,7 @@ class Connection(asyncio.Protocol):
         else:
             self.close(CloseReason.UNSUPPORTED_DATA, "rawchat.v1 speaks JSON text frames")
             return
-        if (state.flow.congested or state.hub.pressed) and self.transport is not None:
+        if (state.hub.pressed or state.flow.congested) and self.transport is not None:
             state.flow.hold(self.transport)
 
     def _rate_limited(self, session: Session, data: str | bytes | bytearray) -> None:

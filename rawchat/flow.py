@@ -3,23 +3,27 @@
 Two limits guard every client's write buffer:
 
 * the **pressure mark** (a quarter of ``--max-buffer``) is the transport's
-  high-water mark. A client past it is *congested*. While any client is
-  congested, every connection that publishes a message is held: the server
-  stops reading from it (``pause_reading``) until all congested clients have
-  drained below the low-water mark. A flood is thus slowed at its source, the
-  way TCP itself would, instead of being queued or dropped: clients that read
-  as fast as the others catch up within milliseconds and are never evicted.
+  high-water mark. A client past it is *congested*. When a tenth or more of the
+  clients are congested at once, the fan-out itself is behind (the server is
+  offered more than it can deliver): every connection that publishes is held
+  (``pause_reading``) until enough of them have drained. A flood is thus slowed
+  at its source, the way TCP itself would, instead of being queued or dropped,
+  and clients that read as fast as the others are never evicted. A few
+  congested clients among many are slow readers, not overload: they hold no one.
+  (Within one loop iteration, a sender whose messages push any client past
+  the mark is held until the iteration's flush, so one read cannot queue
+  megabytes.)
 * ``--max-buffer`` is the hard cap enforced by the hub at queueing time: a
   client that would pass it is evicted at once.
 
-A client that stays congested for ``slow_timeout`` seconds is not keeping up
-with the others: it is evicted as too slow, so it cannot hold the chat back
-for longer than that.
+A client that stays congested for ``slow_timeout`` seconds is not keeping up:
+it is evicted as too slow, so it cannot hold the chat back for longer than that.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 from rawchat.hub import Hub, Outbox
@@ -33,13 +37,26 @@ class Readable(Protocol):
     def is_closing(self) -> bool: ...
 
 
-class Backpressure:
-    __slots__ = ("hub", "loop", "slow_timeout", "congested", "_held", "holds")
+#: Senders are held only while at least this share of the clients is behind:
+#: then the server as a whole is behind, not a few slow readers.
+BEHIND_SHARE = 0.1
 
-    def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop, slow_timeout: float) -> None:
+
+class Backpressure:
+    __slots__ = ("hub", "loop", "slow_timeout", "clients", "congested", "_held", "holds")
+
+    def __init__(
+        self,
+        hub: Hub,
+        loop: asyncio.AbstractEventLoop,
+        slow_timeout: float,
+        clients: Callable[[], int] = lambda: 1,
+    ) -> None:
         self.hub = hub
         self.loop = loop
         self.slow_timeout = slow_timeout
+        #: How many WebSocket clients there are, to tell a few laggards from overload.
+        self.clients = clients
         #: Congested clients, each with the timer that evicts it if it stays so.
         self.congested: dict[Outbox, asyncio.TimerHandle] = {}
         self._held: dict[Readable, None] = {}
@@ -62,9 +79,13 @@ class Backpressure:
         timer.cancel()
         self.release()
 
+    def behind(self) -> bool:
+        """Whether so many clients are congested that the fan-out itself is behind."""
+        return len(self.congested) >= max(1.0, BEHIND_SHARE * self.clients())
+
     def release(self) -> None:
-        """Resume the held senders once nobody is behind any more."""
-        if not self.congested and self._held:
+        """Resume the held senders once the fan-out has caught up."""
+        if self._held and not self.behind():
             held, self._held = self._held, {}
             for transport in held:
                 if not transport.is_closing():
@@ -72,7 +93,7 @@ class Backpressure:
 
     def hold(self, transport: Readable) -> None:
         """Called after a connection published: stop reading it while anyone is behind."""
-        if (self.congested or self.hub.pressed) and transport not in self._held:
+        if (self.hub.pressed or (self.congested and self.behind())) and transport not in self._held:
             transport.pause_reading()
             self._held[transport] = None
             self.holds += 1
