@@ -60,6 +60,8 @@ NODE_TTL = 6.0
 SWEEP = 2.0
 #: Guest numbers a node takes at a time.
 GUEST_BLOCK = 10_000
+#: Seconds a stop waits for the link's tasks to wind up.
+STOP_TIMEOUT = 2.0
 
 # KEYS: counter, stream.  ARGV: channel, maxlen, payload (JSON without "id").
 # The message gets its id, its place in the history and its publication in one
@@ -139,12 +141,11 @@ class Broker:
     async def stop(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await asyncio.wait({self._runner}, timeout=2 * STOP_TIMEOUT)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.wait(set(self._tasks), timeout=STOP_TIMEOUT)
         if self.up:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.delete(_key("node", self.node))
@@ -176,7 +177,9 @@ class Broker:
                 finally:
                     for part in parts:
                         part.cancel()
-                    await asyncio.gather(*parts, return_exceptions=True)
+                    # Bounded: a cancelled read inside redis-py's pub/sub can
+                    # fail to finish, and must not hold up a shutdown.
+                    await asyncio.wait(parts, timeout=STOP_TIMEOUT)
                 for part in done:
                     part.result()
                 raise ConnectionError("broker link ended")
@@ -193,8 +196,10 @@ class Broker:
                 self._finish_loads()
                 self._fail_outgoing()
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                closing = asyncio.ensure_future(pubsub.aclose())  # type: ignore[no-untyped-call]
+                await asyncio.wait({closing}, timeout=STOP_TIMEOUT)
+                if closing.done() and not closing.cancelled():
+                    closing.exception()  # seen, whatever it was
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
