@@ -284,7 +284,7 @@ class Chat:
             return
         self._claim_nick(session, nick)
         for room in session.rooms.values():
-            frame = frames.text(m.encode_presence(room.name, "nick", nick, old))
+            frame = frames.message(m.encode_presence(room.name, "nick", nick, old))
             self.hub.broadcast(frame, room.v1)
             if self.relay is not None and self.relay.up:
                 self.relay.presence(room.name, "nick", nick, old)
@@ -315,12 +315,12 @@ class Chat:
         encoded = m.encode_msg(room.name, id, ts, nick, text)
         room.history.append(encoded)
         if own is None or own[1] is None:
-            self.hub.broadcast(frames.text(encoded), room.v1)
+            self.hub.broadcast(frames.message(encoded), room.v1)
         else:
             # The sender's copy carries its cid: that is its acknowledgement.
-            self.hub.broadcast(frames.text(encoded), room.v1, skip=own[0])
+            self.hub.broadcast(frames.message(encoded), room.v1, skip=own[0])
             copy = m.encode_msg(room.name, id, ts, nick, text, own[1])
-            self.hub.send(own[0], frames.text(copy))
+            self.hub.send(own[0], frames.message(copy))
         if room.plain:
             self.hub.broadcast(frames.message(text), room.plain)
 
@@ -342,7 +342,7 @@ class Chat:
         else:
             return
         if room.v1:
-            frame = frames.text(m.encode_presence(room.name, event, nick, old))
+            frame = frames.message(m.encode_presence(room.name, event, nick, old))
             self.hub.broadcast(frame, room.v1)
 
     # -- membership -----------------------------------------------------------
@@ -373,7 +373,7 @@ class Chat:
     def _enter(self, session: Session, room: Room) -> None:
         if room.v1:
             presence = m.encode_presence(room.name, "join", session.nick)
-            self.hub.broadcast(frames.text(presence), room.v1)
+            self.hub.broadcast(frames.message(presence), room.v1)
         room.members[session] = None
         (room.plain if session.plain else room.v1).add(session.outbox)
         session.rooms[room.name] = room
@@ -386,7 +386,7 @@ class Chat:
         (room.plain if session.plain else room.v1).discard(session.outbox)
         if room.v1:
             presence = m.encode_presence(room.name, "leave", session.nick)
-            self.hub.broadcast(frames.text(presence), room.v1)
+            self.hub.broadcast(frames.message(presence), room.v1)
         if self.relay is not None and self.relay.up:
             self.relay.presence(room.name, "leave", session.nick, None)
         if not room.members and room.name != m.DEFAULT_ROOM:
@@ -400,4 +400,4 @@ class Chat:
         self._send(session, m.encode_error(code, message, m.cid_of(dropped)))
 
     def _send(self, session: Session, text: str) -> None:
-        self.hub.send(session.outbox, frames.text(text))
+        self.hub.send(session.outbox, frames.message(text))

@@ -17,13 +17,8 @@ from wsproto.frame_protocol import FrameProtocol
 _serialiser = FrameProtocol(client=False, extensions=[])
 
 
-def text(payload: str) -> bytes:
-    """One complete text frame."""
-    return bytes(_serialiser.send_data(payload, True))
-
-
 def message(payload: str | bytes) -> bytes:
-    """A frame of the same type as the message it relays."""
+    """One complete frame: text for ``str``, binary for ``bytes``."""
     return bytes(_serialiser.send_data(payload, True))
 
 
