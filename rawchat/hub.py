@@ -105,7 +105,7 @@ class Hub:
         size = len(frame)
         mark = self.pressure_mark
         dirty = self._dirty
-        slow: list[Outbox] | None = None
+        slow: list[Outbox] = []
         for box in recipients:
             if box is skip:
                 continue
@@ -113,7 +113,7 @@ class Hub:
             if frames is None:
                 owed = box.transport.get_write_buffer_size() + size
                 if owed > mark and self._overdue(box, owed):
-                    slow = [box] if slow is None else [*slow, box]
+                    slow.append(box)
                     continue
                 box.frames = [frame]
                 box.owed = owed
@@ -122,7 +122,7 @@ class Hub:
                 owed = box.owed + size
                 if owed > mark:
                     if self._overdue(box, owed):
-                        slow = [box] if slow is None else [*slow, box]
+                        slow.append(box)
                         continue
                     # What was queued went out early: start a new queue.
                     box.frames = [frame]
@@ -133,7 +133,7 @@ class Hub:
         if dirty and not self._flush_pending:
             self._flush_pending = True
             self._schedule(self.flush)
-        if slow is not None:
+        if slow:
             # After the loop: evicting removes the client from the very
             # collections ``recipients`` may be iterating.
             for box in slow:
