@@ -74,8 +74,12 @@ class Config:
 
     @property
     def pressure_mark(self) -> int:
-        """Write-buffer size past which a client is congested and senders are held."""
-        return max(1, self.max_buffer // 4)
+        """Write-buffer size past which a client is congested and senders are held.
+
+        Everything queued past it is latency for every reader at once when the
+        whole fan-out is behind: 64 KiB is hundreds of chat messages.
+        """
+        return max(1, min(self.max_buffer // 4, 64 * KiB))
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -67,6 +67,8 @@ class Connection(asyncio.Protocol):
         "_closing",
         "_failed",
         "ping_deadline",
+        "_held",
+        "_backlog",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -98,6 +100,9 @@ class Connection(asyncio.Protocol):
         self._failed = False
         #: When the outstanding ping must be answered by (loop time), 0 when none is.
         self.ping_deadline = 0.0
+        #: Flow control holds this publisher: bytes read are kept, not handled.
+        self._held = False
+        self._backlog: bytes | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -174,8 +179,8 @@ class Connection(asyncio.Protocol):
                 code,
                 extra={"event": "close", "client": self.address, "code": int(code)},
             )
-        if self.transport is not None:
-            state.flow.forget(self.transport)
+        state.flow.forget(self)
+        self._backlog = None
         state.forget(self)
 
     def pause_writing(self) -> None:
@@ -336,7 +341,9 @@ class Connection(asyncio.Protocol):
         self.phase = _WEBSOCKET
         state = self.state
         transport.set_write_buffer_limits(high=state.config.pressure_mark)
-        _cap_kernel_buffer(transport, state.config.pressure_mark)
+        # A quarter of --max-buffer, not the (smaller) pressure mark: room for a
+        # burst of large messages between two iterations.
+        _cap_kernel_buffer(transport, state.config.max_buffer // 4)
         self.outbox = Outbox(transport, self._evicted)
         state.websockets.add(self)
         state.occupancy.enter(self.address)
@@ -362,6 +369,16 @@ class Connection(asyncio.Protocol):
     # -- WebSocket phase --------------------------------------------------------------
 
     def _ws_received(self, data: bytes) -> None:
+        backlog = self._backlog
+        if backlog is not None or self._held:
+            # Bytes read but not handled go first. While held, more can still
+            # arrive (TLS hands over what it had decrypted): keep it, in order.
+            if backlog:
+                data = backlog + data
+            if self._held:
+                self._backlog = data
+                return
+            self._backlog = None
         # wsproto keeps what it is given until events() consumes it. Feeding it
         # at most one message's worth at a time keeps its buffer within
         # --max-message plus a frame header, however much one read brought.
@@ -372,6 +389,9 @@ class Connection(asyncio.Protocol):
         view = memoryview(data)
         for start in range(0, len(data), step):
             if self._failed or self.phase != _WEBSOCKET:
+                return
+            if self._held:
+                self._backlog = bytes(view[start:])
                 return
             self._ws_chunk(bytes(view[start : start + step]))
 
@@ -392,8 +412,34 @@ class Connection(asyncio.Protocol):
                 self.ping_deadline = 0.0
             elif kind is CloseConnection:
                 self._close_received(event)  # type: ignore[arg-type]
-            if self._failed or self.phase != _WEBSOCKET:
+            if self._failed or self.phase != _WEBSOCKET or self._held:
+                # Held: the frames after this one stay in wsproto's buffer
+                # until the release.
                 return
+
+    # -- flow control (rawchat.flow.Publisher) -----------------------------------------
+
+    def hold(self) -> None:
+        self._held = True
+        transport = self.transport
+        if transport is not None and transport.is_reading():
+            transport.pause_reading()
+
+    def release(self) -> None:
+        self._held = False
+        # What was read but not handled goes first (the frames a hold left in
+        # wsproto's buffer, then the backlog), and reading resumes only once it
+        # is all handled: otherwise each release would let one more read in
+        # while handling only a few messages, and the backlog would grow.
+        self.state.loop.call_soon(self._catch_up)
+
+    def _catch_up(self) -> None:
+        transport = self.transport
+        if self._held or self.phase != _WEBSOCKET or transport is None:
+            return
+        self.data_received(b"")  # the same guard against bugs as a read
+        if not (self._held or self._backlog) and not transport.is_closing():
+            transport.resume_reading()
 
     def _message_part(self, event: TextMessage | BytesMessage) -> None:
         data = event.data
@@ -446,8 +492,8 @@ class Connection(asyncio.Protocol):
         else:
             self.close(CloseReason.UNSUPPORTED_DATA, "rawchat.v1 speaks JSON text frames")
             return
-        if (state.hub.pressed or state.flow.congested) and self.transport is not None:
-            state.flow.hold(self.transport)
+        if state.hub.pressed or state.flow.congested:
+            state.flow.hold(self)
 
     def _rate_limited(self, session: Session, data: str | bytes | bytearray) -> None:
         """Drop one message over the rate; close a client that keeps flooding."""

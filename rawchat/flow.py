@@ -2,17 +2,19 @@
 
 Two limits guard every client's write buffer:
 
-* the **pressure mark** (a quarter of ``--max-buffer``) is the transport's
-  high-water mark. A client past it is *congested*. When a tenth or more of the
-  clients are congested at once, the fan-out itself is behind (the server is
-  offered more than it can deliver): every connection that publishes is held
-  (``pause_reading``) until enough of them have drained. A flood is thus slowed
-  at its source, the way TCP itself would, instead of being queued or dropped,
-  and clients that read as fast as the others are never evicted. A few
-  congested clients among many are slow readers, not overload: they hold no one.
-  (Within one loop iteration, a sender whose messages push any client past
-  the mark is held until the iteration's flush, so one read cannot queue
-  megabytes.)
+* the **pressure mark** (``--max-buffer`` / 4, at most 64 KiB) is the
+  transport's high-water mark. A client past it is *congested*. When a tenth or
+  more of the clients are congested at once, the fan-out itself is behind (the
+  server is offered more than it can deliver): every connection that publishes
+  is held until enough of them have drained. Holding a publisher means reading
+  nothing more from it (``pause_reading``) *and* handling none of the messages
+  already read: they wait, unparsed, until it is released. A flood is thus
+  slowed at its source, the way TCP itself would, instead of being queued or
+  dropped, and clients that read as fast as the others are never evicted. A
+  few congested clients among many are slow readers, not overload: they hold
+  no one. (A client that *becomes* congested during an iteration holds every
+  publisher until that iteration's flush, so that one large read cannot queue
+  megabytes before anyone notices.)
 * ``--max-buffer`` is the hard cap enforced by the hub at queueing time: a
   client that would pass it is evicted at once.
 
@@ -29,12 +31,12 @@ from typing import Protocol
 from rawchat.hub import Hub, Outbox
 
 
-class Readable(Protocol):
-    def pause_reading(self) -> None: ...
+class Publisher(Protocol):
+    """A connection that can stop and resume handling what its client sends."""
 
-    def resume_reading(self) -> None: ...
+    def hold(self) -> None: ...
 
-    def is_closing(self) -> bool: ...
+    def release(self) -> None: ...
 
 
 #: Senders are held only while at least this share of the clients is behind:
@@ -43,7 +45,16 @@ BEHIND_SHARE = 0.1
 
 
 class Backpressure:
-    __slots__ = ("hub", "loop", "slow_timeout", "clients", "congested", "_held", "holds")
+    __slots__ = (
+        "hub",
+        "loop",
+        "slow_timeout",
+        "clients",
+        "congested",
+        "_held",
+        "_overloaded",
+        "holds",
+    )
 
     def __init__(
         self,
@@ -59,7 +70,9 @@ class Backpressure:
         self.clients = clients
         #: Congested clients, each with the timer that evicts it if it stays so.
         self.congested: dict[Outbox, asyncio.TimerHandle] = {}
-        self._held: dict[Readable, None] = {}
+        self._held: dict[Publisher, None] = {}
+        #: Publishers were held because the fan-out as a whole was behind.
+        self._overloaded = False
         #: Times a publisher was held since start.
         self.holds = 0
         # After a flush that relieved the pressure, the senders may go on,
@@ -69,6 +82,7 @@ class Backpressure:
     def congest(self, box: Outbox) -> None:
         """The client's buffer passed the pressure mark (its transport's pause_writing)."""
         if box not in self.congested:
+            box.congested = True
             self.congested[box] = self.loop.call_later(self.slow_timeout, self._too_slow, box)
 
     def relieve(self, box: Outbox) -> None:
@@ -76,6 +90,7 @@ class Backpressure:
         timer = self.congested.pop(box, None)
         if timer is None:
             return
+        box.congested = False
         timer.cancel()
         self.release()
 
@@ -86,20 +101,41 @@ class Backpressure:
     def release(self) -> None:
         """Resume the held senders once the fan-out has caught up."""
         if self._held and not self.behind():
+            if self._overloaded:
+                self._overloaded = False
+                self._restart_timers()
             held, self._held = self._held, {}
-            for transport in held:
-                if not transport.is_closing():
-                    transport.resume_reading()
+            for publisher in held:
+                publisher.release()
 
-    def hold(self, transport: Readable) -> None:
-        """Called after a connection published: stop reading it while anyone is behind."""
-        if (self.hub.pressed or (self.congested and self.behind())) and transport not in self._held:
-            transport.pause_reading()
-            self._held[transport] = None
+    def _restart_timers(self) -> None:
+        """Count the clients still behind as slow only from now on.
+
+        While the whole fan-out was behind, every client was, through no
+        fault of its own: a client that reads as fast as the others must not be
+        evicted for it. A client that stays behind once the others have caught
+        up is slow, and its ``slow_timeout`` runs from here.
+        """
+        call_later, timeout, too_slow = self.loop.call_later, self.slow_timeout, self._too_slow
+        for box, timer in self.congested.items():
+            timer.cancel()
+            self.congested[box] = call_later(timeout, too_slow, box)
+
+    def hold(self, publisher: Publisher) -> bool:
+        """Called after a connection published: hold it while the fan-out is behind."""
+        overloaded = bool(self.congested) and self.behind()
+        if not (overloaded or self.hub.pressed):
+            return False
+        if overloaded:
+            self._overloaded = True
+        if publisher not in self._held:
+            publisher.hold()
+            self._held[publisher] = None
             self.holds += 1
+        return True
 
-    def forget(self, transport: Readable) -> None:
-        self._held.pop(transport, None)
+    def forget(self, publisher: Publisher) -> None:
+        self._held.pop(publisher, None)
 
     def _too_slow(self, box: Outbox) -> None:
         self.hub.evict(box, "slow_timeout")

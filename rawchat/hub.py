@@ -39,7 +39,7 @@ class WriteTransport(Protocol):
 class Outbox:
     """What the hub knows about one recipient."""
 
-    __slots__ = ("transport", "frames", "owed", "peak", "on_evict")
+    __slots__ = ("transport", "frames", "owed", "peak", "congested", "on_evict")
 
     def __init__(self, transport: WriteTransport, on_evict: Callable[[], None]) -> None:
         self.transport = transport
@@ -49,6 +49,8 @@ class Outbox:
         self.owed = 0
         #: Largest ``owed`` seen at a flush: the most this client ever had waiting.
         self.peak = 0
+        #: Its transport is past the pressure mark (set by flow control).
+        self.congested = False
         self.on_evict = on_evict
 
 
@@ -120,13 +122,8 @@ class Hub:
                 dirty.append(box)
             else:
                 owed = box.owed + size
-                if owed > mark:
-                    if self._overdue(box, owed):
-                        slow.append(box)
-                        continue
-                    # What was queued went out early: start a new queue.
-                    box.frames = [frame]
-                    box.owed = box.transport.get_write_buffer_size() + size
+                if owed > mark and self._overdue(box, owed):
+                    slow.append(box)
                     continue
                 frames.append(frame)
                 box.owed = owed
@@ -142,25 +139,18 @@ class Hub:
     def _overdue(self, box: Outbox, owed: int) -> bool:
         """The rare path of a broadcast: ``box`` would owe more than the pressure mark.
 
-        Past ``max_buffer`` the answer is eviction (True). Below it, what is
-        queued cannot wait for the end of the iteration (one iteration can read
-        megabytes from a fast sender): it is written now, the hub records
-        pressure so that senders get held, and the caller queues ``frame``
-        afresh (False). An outbox written early stays on the dirty list; the
-        flush skips it unless more was queued since.
+        Past ``max_buffer`` the answer is eviction (True). Below it the frame
+        is queued as usual (False), and if the client was not known to be
+        behind, the hub records pressure: flow control then holds every
+        publisher until the flush, so that the rest of a large read is not fanned
+        out before the client's transport has had its say.
         """
         if owed > self.max_buffer:
             return True
         if owed > box.peak:
             self._new_peak(box, owed)
-        frames = box.frames
-        if frames:
-            data = b"".join(frames)
-            box.transport.write(data)
-            box.frames = None
-            self.frames_out += len(frames)
-            self.bytes_out += len(data)
-        self.pressed = True
+        if not box.congested:
+            self.pressed = True
         return False
 
     def send(self, box: Outbox, frame: bytes) -> None:

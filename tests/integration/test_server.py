@@ -192,6 +192,54 @@ def test_a_client_that_never_reads_is_evicted_and_costs_at_most_max_buffer(loop_
     run(main, loop_kind)
 
 
+def test_a_flood_while_every_reader_is_behind_holds_the_sender_and_nobody_is_evicted(
+    loop_kind: str,
+) -> None:
+    size, readers_n = 1 * KiB, 10
+
+    async def main() -> None:
+        async with serving(rate=0, slow_timeout=60.0) as server:
+            state = server.state
+            assert state is not None
+            # Readers that do not read for now: the whole fan-out falls behind.
+            readers = [await RawClient.connect(server.port, rcvbuf=4096) for _ in range(readers_n)]
+            sender = await RawClient.connect(server.port)  # it gets its own messages too
+            sent = 0
+            while state.flow.holds == 0:
+                assert sent < 20_000, "the sender was never held"
+                sender.send_frame(0x1, f"{sent:08d}".encode().ljust(size, b"."))
+                sent += 1
+                await sender.writer.drain()
+            # The sender can go on writing; the server reads none of it now.
+            for _ in range(200):
+                sender.send_frame(0x1, f"{sent:08d}".encode().ljust(size, b"."))
+                sent += 1
+            assert state.hub.evictions == 0
+            mark = state.config.pressure_mark
+            assert state.hub.high_water <= mark + 2 * (size + 4), "queues stop at the mark"
+
+            async def read_all(reader: RawClient) -> list[int]:
+                seen = []
+                while len(seen) < sent:
+                    opcode, payload = await reader.read_frame()
+                    if opcode == 0x9:  # the server's keepalive ping, late but answered
+                        reader.send_frame(0xA, payload)
+                        continue
+                    assert opcode == 0x1, (opcode, payload)
+                    seen.append(int(payload[:8]))
+                return seen
+
+            everyone = [*readers, sender]
+            got = await asyncio.wait_for(asyncio.gather(*(read_all(c) for c in everyone)), 30)
+            assert got == [list(range(sent))] * (readers_n + 1), "all, in order, once they read"
+            assert state.hub.evictions == 0
+            for client in everyone:
+                client.close()
+                await client.writer.wait_closed()
+
+    run(main, loop_kind)
+
+
 def test_a_v1_chat_over_loopback() -> None:
     async def main() -> None:
         async with serving() as server:

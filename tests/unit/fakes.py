@@ -68,6 +68,9 @@ class FakeTransport(asyncio.Transport):
     def write_eof(self) -> None:
         self.eof_written = True
 
+    def is_reading(self) -> bool:
+        return self.reading
+
     def pause_reading(self) -> None:
         self.reading = False
 

@@ -15,6 +15,7 @@ def test_a_sender_is_held_while_a_client_is_congested_and_released_when_it_drain
     sender.send(TextMessage("hello"))
     assert not sender.transport.reading, "the server stops reading the sender"
     behind.conn.resume_writing()
+    loop.run_ready()
     assert sender.transport.reading, "and resumes once nobody is behind"
     assert state.hub.evictions == 0
 
@@ -27,6 +28,7 @@ def test_a_client_that_stays_congested_is_evicted_and_senders_go_on() -> None:
     assert not sender.transport.reading
     loop.advance(2.1)
     assert state.hub.evictions == 1
+    loop.run_ready()
     assert sender.transport.reading
     stuck.receive()
     assert stuck.events[-1].code == 1008  # type: ignore[attr-defined]
@@ -35,10 +37,29 @@ def test_a_client_that_stays_congested_is_evicted_and_senders_go_on() -> None:
 def test_a_flood_within_one_iteration_holds_the_sender_until_the_flush() -> None:
     state, loop = make_state(max_buffer=4096)  # pressure mark: 1024 bytes
     sender, reader = Client(state, loop), Client(state, loop)
-    for _ in range(20):
-        sender.send(TextMessage("y" * 100))
+    flood = b"".join(sender.ws.send(TextMessage("y" * 100)) for _ in range(20))
+    sender.send_raw(flood)  # one read, twenty messages
     assert not sender.transport.reading, "held once the queues passed the pressure mark"
-    reader.receive()
-    assert sender.transport.reading, "released by the flush: nobody is behind"
+    assert state.hub.high_water <= 1024 + 102, "the rest of the read waits, unhandled"
+    while loop.ready:  # the held messages are handled after the release, in order
+        reader.receive()
+    assert sender.transport.reading, "released by the flush, then reading again"
     assert [e.data for e in reader.events if isinstance(e, TextMessage)] == ["y" * 100] * 20
     assert state.hub.evictions == 0
+
+
+def test_bytes_read_while_held_are_handled_in_order_after_the_release() -> None:
+    state, loop = make_state(max_buffer=4096, slow_timeout=2.0)
+    sender, behind, reader = Client(state, loop), Client(state, loop), Client(state, loop)
+    behind.conn.pause_writing()  # one client of three: a third are behind
+    sender.send(TextMessage("first"))
+    assert not sender.transport.reading
+    sender.send(TextMessage("second"))  # a read already under way when the pause came
+    reader.receive()
+    assert [e.data for e in reader.events if isinstance(e, TextMessage)] == ["first"]
+    behind.conn.resume_writing()
+    sender.send(TextMessage("third"))  # arrives before the held bytes were handled
+    while loop.ready:
+        reader.receive()
+    texts = [e.data for e in reader.events if isinstance(e, TextMessage)]
+    assert texts == ["first", "second", "third"]

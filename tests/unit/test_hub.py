@@ -108,7 +108,7 @@ def test_drop_forgets_what_was_queued() -> None:
     assert transport.writes == 0
 
 
-def test_past_the_pressure_mark_frames_go_out_at_once_and_pressure_is_reported() -> None:
+def test_a_client_passing_the_pressure_mark_reports_pressure_until_the_flush() -> None:
     scheduled: list[Callable[[], None]] = []
     hub = Hub(1000, scheduled.append, pressure_mark=250)
     box, transport = make_outbox()
@@ -116,8 +116,19 @@ def test_past_the_pressure_mark_frames_go_out_at_once_and_pressure_is_reported()
     hub.after_pressure = lambda: relieved.append(True)
     for _ in range(3):
         hub.broadcast(b"x" * 100, [box])
-    assert transport.writes == 1 and len(transport.written) == 200, "written before the flush"
-    assert hub.pressed
+    assert hub.pressed and transport.writes == 0, "still one write per iteration"
     run(scheduled)
     assert bytes(transport.written) == b"x" * 300, "nothing lost, nothing doubled"
     assert not hub.pressed and relieved == [True]
+
+
+def test_a_client_known_to_be_behind_reports_no_new_pressure() -> None:
+    scheduled: list[Callable[[], None]] = []
+    hub = Hub(1000, scheduled.append, pressure_mark=250)
+    box, transport = make_outbox()
+    transport.buffered = 400
+    box.congested = True  # flow control already knows (its transport paused writing)
+    hub.broadcast(b"x" * 100, [box])
+    assert not hub.pressed, "a slow reader holds no one back"
+    hub.broadcast(b"x" * 600, [box])
+    assert hub.evictions == 1, "but it is evicted at max_buffer"
