@@ -56,6 +56,7 @@ LOAD_FIELDS = [
     ("max_seconds", float, "fanout-max: time cap"),
     ("factor", float, "overload: multiple of the sustainable rate to offer"),
     ("base_rate", float, "overload: sustainable msg/s (default: last fanout-max result)"),
+    ("socket_buffer", int, "SO_RCVBUF/SO_SNDBUF of every tool socket (overload: 16384)"),
     ("slow_share", float, "slow: share of clients that stop reading"),
     ("rcvbuf", int, "slow: SO_RCVBUF of the clients that stop reading"),
     ("workers", int, "workers: rawchat processes joined through Redis (against 1)"),
@@ -64,6 +65,8 @@ LOAD_FIELDS = [
 SCRAPED = {
     "rawchat_senders_held_total": "server_senders_held_total",
     "rawchat_write_buffer_high_water_bytes": "server_buffer_high_water_bytes",
+    "rawchat_messages_in_total": "server_messages_in",
+    "rawchat_messages_out_total": "server_frames_out",
 }
 
 

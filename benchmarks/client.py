@@ -290,6 +290,7 @@ async def open_client(
     sampled: bool,
     rcvbuf: int | None = None,
     timeout: float = 10.0,
+    buffers: int | None = None,
 ) -> BenchClient:
     """Connect from ``source`` (a loopback address) and finish the upgrade."""
     loop = asyncio.get_running_loop()
@@ -301,6 +302,9 @@ async def open_client(
         # server ports stay usable, and each source address gives ~28k ports.
         sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if buffers is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffers)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffers)
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.bind((source, 0))
@@ -334,6 +338,7 @@ async def connect_many(
     rcvbuf_for: frozenset[int] = frozenset(),
     rcvbuf: int | None = None,
     deadline: float = 120.0,
+    buffers: int | None = None,
 ) -> ConnectResult:
     """Open ``count`` connections, ``concurrency`` handshakes in flight at a time."""
     clients: list[BenchClient] = []
@@ -357,6 +362,7 @@ async def connect_many(
                     run,
                     sampled,
                     rcvbuf if i in rcvbuf_for else None,
+                    buffers=buffers,
                 )
             except (OSError, TimeoutError) as exc:
                 errors[type(exc).__name__ + ": " + str(exc)[:60]] += 1

@@ -45,6 +45,10 @@ class Load:
     # overload: factor x the sustainable rate (base_rate, else the last fanout-max result).
     factor: float = 10.0
     base_rate: float | None = None
+    #: SO_RCVBUF and SO_SNDBUF of every tool socket (and the senders' write
+    #: high-water mark), fixed instead of autotuned. Overload sets it so that
+    #: what queues is the server's doing, not megabytes in the tool's kernel.
+    socket_buffer: int | None = None
     # slow: this share of clients stops reading, with this SO_RCVBUF.
     slow_share: float = 0.01
     rcvbuf: int = 4096
@@ -200,6 +204,7 @@ class Rig:
             load.sample_every,
             rcvbuf_for=rcvbuf_for,
             rcvbuf=rcvbuf,
+            buffers=load.socket_buffer,
         )
         self.clients = result.clients
         self.connect_errors = dict(result.errors)
@@ -215,6 +220,10 @@ class Rig:
             Sender(sid, by_index[candidates[(sid * step) % len(candidates)]], load.size)
             for sid in range(load.senders)
         ]
+        if load.socket_buffer is not None:
+            for sender in self.senders:
+                if sender.client.transport is not None:
+                    sender.client.transport.set_write_buffer_limits(high=load.socket_buffer)
 
     async def top_up(self) -> int:
         """Replace connections the server closed, so the next window has them all."""
@@ -229,6 +238,7 @@ class Rig:
         result = await connect_many(
             self.server.host, self.server.port, len(gone), self.run, self.load.sources,
             self.load.concurrency, self.load.sample_every, first_index=first,
+            buffers=self.load.socket_buffer,
         )
         for c in result.clients:
             c.late = True
