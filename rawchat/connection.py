@@ -86,6 +86,7 @@ class Connection(asyncio.Protocol):
         self._request: h11.Request | None = None
         #: The one pending timeout of this connection: HTTP deadlines, then the close bound.
         self._timer: asyncio.TimerHandle | None = None
+        #: wsproto's parser, made on the first bytes after the upgrade (see _parser).
         self.ws: WebSocket | None = None
         self.outbox: Outbox | None = None
         self.session: Session | None = None
@@ -355,7 +356,6 @@ class Connection(asyncio.Protocol):
             mode,
             extra={"event": "open", "client": self.address, "protocol": mode},
         )
-        self.ws = WebSocket(ConnectionType.SERVER)
         if trailing:
             self._ws_received(trailing)
 
@@ -375,9 +375,44 @@ class Connection(asyncio.Protocol):
                 return
             self._ws_chunk(bytes(view[start : start + step]))
 
-    def _ws_chunk(self, data: bytes) -> None:
+    def _parser(self) -> WebSocket:
+        """wsproto's side of the connection, made when first needed.
+
+        Made on the first bytes after the upgrade and dropped again at rest
+        (see _ws_chunk): an idle client sends nothing but a pong now and then,
+        and a parser costs it 1.7 KB.
+        """
         ws = self.ws
-        if ws is None or self._failed or ws.state is ConnectionState.CLOSED:
+        if ws is None:
+            ws = self.ws = WebSocket(ConnectionType.SERVER)
+        return ws
+
+    @staticmethod
+    def _at_rest(ws: WebSocket) -> bool:
+        """Whether ``ws`` holds nothing a fresh parser would not: no part of a frame or message.
+
+        This reads wsproto's internals (the same in 1.2 and 1.3). Anything
+        unexpected counts as busy: a change there costs memory, never correctness.
+        """
+        try:
+            proto = ws._proto
+            frames = proto._frame_decoder
+            return (
+                ws.state is ConnectionState.OPEN
+                and not ws._events
+                and frames.header is None
+                and not len(frames.buffer)
+                and proto._message_decoder.opcode is None
+                and proto._outbound_opcode is None
+            )
+        except AttributeError:
+            return False
+
+    def _ws_chunk(self, data: bytes) -> None:
+        if self._failed:
+            return
+        ws = self._parser()
+        if ws.state is ConnectionState.CLOSED:
             return
         ws.receive_data(data)
         for event in ws.events():
@@ -390,6 +425,10 @@ class Connection(asyncio.Protocol):
                     self.transport.write(ws.send(event.response()))  # type: ignore[attr-defined]
             elif kind is Pong:
                 self.ping_deadline = 0.0
+                if self._at_rest(ws):
+                    # An idle client's only traffic: drop the parser until the
+                    # next bytes (nothing else is left in this chunk).
+                    self.ws = None
             elif kind is CloseConnection:
                 self._close_received(event)  # type: ignore[arg-type]
             if self._failed or self.phase != _WEBSOCKET:
@@ -496,9 +535,11 @@ class Connection(asyncio.Protocol):
         self._send_close(CloseReason.POLICY_VIOLATION, "too slow", flush=False)
 
     def _send_close(self, code: int, reason: str, *, flush: bool) -> None:
-        ws = self.ws
         transport = self.transport
-        if self._closing or ws is None or transport is None or ws.state is not ConnectionState.OPEN:
+        if self._closing or self.outbox is None or transport is None:
+            return
+        ws = self._parser()
+        if ws.state is not ConnectionState.OPEN:
             return
         self._closing = True
         if self.close_code is None:
@@ -525,7 +566,7 @@ class Connection(asyncio.Protocol):
         self.state.websockets.discard(self)
 
     def _internal_error(self) -> None:
-        if self.phase == _WEBSOCKET and self.ws is not None and not self._closing:
+        if self.phase == _WEBSOCKET and self.outbox is not None and not self._closing:
             try:
                 self.fail(CloseReason.INTERNAL_ERROR, "internal error")
                 return
