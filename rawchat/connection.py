@@ -50,7 +50,6 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "state",
         "transport",
-        "peer",
         "address",
         "close_code",
         "_bucket",
@@ -72,8 +71,6 @@ class Connection(asyncio.Protocol):
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.transport: asyncio.Transport | None = None
-        #: The TCP peer as "ip:port", for logs.
-        self.peer = "-"
         #: The client's address as limits count it (the proxy's word for it with --trust-proxy).
         self.address = "-"
         #: The close code exchanged (sent or received first); None before any.
@@ -100,6 +97,13 @@ class Connection(asyncio.Protocol):
         #: When the outstanding ping must be answered by (loop time), 0 when none is.
         self.ping_deadline = 0.0
 
+    @property
+    def peer(self) -> str:
+        """The TCP peer as "ip:port", for logs: formatted when one is written, not kept."""
+        transport = self.transport
+        peername = None if transport is None else transport.get_extra_info("peername")
+        return f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "-"
+
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -107,7 +111,6 @@ class Connection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple):
-            self.peer = f"{peername[0]}:{peername[1]}"
             self.address = str(peername[0])
         self.http = h11.Connection(
             h11.SERVER,

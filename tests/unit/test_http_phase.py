@@ -165,6 +165,15 @@ def test_malformed_request_gets_400_and_close(site: Path) -> None:
     assert transport.closed
 
 
+def test_logs_name_the_tcp_peer(site: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state, _ = make_state(static_dir=site)
+    caplog.set_level("DEBUG", logger="rawchat.connection")
+    conn, _ = connect(state)
+    conn.data_received(b"GARBAGE\r\n\r\n")
+    assert conn.peer == "127.0.0.1:40000"
+    assert caplog.records[-1].getMessage().startswith("127.0.0.1:40000: bad HTTP request")
+
+
 def test_oversized_request_head_gets_431(site: Path) -> None:
     state, _ = make_state(static_dir=site, max_request_head=2048)
     conn, transport = connect(state)
