@@ -348,9 +348,9 @@ class Connection(asyncio.Protocol):
         if state.config.rate > 0:
             self._bucket = TokenBucket(state.config.rate, state.config.burst, state.loop.time())
         if decision.subprotocol is None:
-            self.session = state.chat.connect_plain(self.outbox, self.close)
+            self.session = state.chat.connect_plain(self.outbox, self)
         else:
-            self.session = state.chat.connect_v1(self.outbox, self.close)
+            self.session = state.chat.connect_v1(self.outbox, self)
             self._set_timer(state.config.handshake_timeout, self._hello_timeout)
         mode = decision.subprotocol or "plain"
         log.info(
