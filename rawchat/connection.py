@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 from typing import TYPE_CHECKING, Any, cast
 
 import h11
@@ -111,7 +112,9 @@ class Connection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple):
-            self.address = str(peername[0])
+            # One string per address, however many connections come from it
+            # (a proxy, a NAT): interned strings go when their last user does.
+            self.address = sys.intern(str(peername[0]))
         self.http = h11.Connection(
             h11.SERVER,
             max_incomplete_event_size=max(self.state.config.max_request_head - _HEAD_SLICE, 1),
