@@ -77,6 +77,7 @@ class Connection(asyncio.Protocol):
         #: The close code exchanged (sent or received first); None before any.
         self.close_code: int | None = None
         #: Per-connection message rate limit, and messages dropped by it in a row.
+        #: The bucket is made on the first message, and dropped at a pong once full again.
         self._bucket: TokenBucket | None = None
         self._drops = 0
         self.phase = _HTTP
@@ -348,8 +349,6 @@ class Connection(asyncio.Protocol):
         state.websockets.add(self)
         state.occupancy.enter(self.address)
         state.metrics.handshakes += 1
-        if state.config.rate > 0:
-            self._bucket = TokenBucket(state.config.rate, state.config.burst, state.loop.time())
         if decision.subprotocol is None:
             self.session = state.chat.connect_plain(self.outbox, self)
         else:
@@ -435,6 +434,9 @@ class Connection(asyncio.Protocol):
                     # An idle client's only traffic: drop the parser until the
                     # next bytes (nothing else is left in this chunk).
                     self.ws = None
+                bucket = self._bucket
+                if bucket is not None and bucket.full(self.state.loop.time()):
+                    self._bucket = None  # a new one is made full too
             elif kind is CloseConnection:
                 self._close_received(event)  # type: ignore[arg-type]
             if self._failed or self.phase != _WEBSOCKET:
@@ -477,6 +479,11 @@ class Connection(asyncio.Protocol):
         state = self.state
         state.metrics.messages_in += 1
         bucket = self._bucket
+        if bucket is None and state.config.rate > 0:
+            # Full, as one made at the upgrade would be by now.
+            bucket = self._bucket = TokenBucket(
+                state.config.rate, state.config.burst, state.loop.time()
+            )
         if bucket is not None and not bucket.take(state.loop.time()):
             self._rate_limited(session, data)
             return
