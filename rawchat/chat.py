@@ -31,12 +31,18 @@ MAX_IDLE_ROOMS = 1024
 MAX_ERRORS_IN_A_ROW = 10
 
 
+class Closable(Protocol):
+    """The connection under a session (rawchat.connection.Connection)."""
+
+    def close(self, code: int, reason: str = "") -> None: ...
+
+
 class Session:
     """One connected client as the chat sees it."""
 
-    __slots__ = ("outbox", "nick", "key", "rooms", "plain", "greeted", "errors", "close")
+    __slots__ = ("outbox", "nick", "key", "rooms", "plain", "greeted", "errors", "connection")
 
-    def __init__(self, outbox: Outbox, *, plain: bool, close: Callable[[int, str], None]) -> None:
+    def __init__(self, outbox: Outbox, *, plain: bool, connection: Closable) -> None:
         self.outbox = outbox
         self.nick = ""
         self.key = ""
@@ -46,8 +52,12 @@ class Session:
         #: Whether a v1 client's hello was accepted (plain clients need none).
         self.greeted = plain
         self.errors = 0
-        #: Asks the connection to close with a code and reason.
-        self.close = close
+        #: Kept itself, not its bound close method: one object fewer per client.
+        self.connection = connection
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the connection to close with a code and reason."""
+        self.connection.close(code, reason)
 
 
 class Relay(Protocol):
@@ -148,9 +158,9 @@ class Chat:
 
     # -- sessions ---------------------------------------------------------
 
-    def connect_plain(self, outbox: Outbox, close: Callable[[int, str], None]) -> Session:
+    def connect_plain(self, outbox: Outbox, connection: Closable) -> Session:
         """A tutorial client: a guest nick, in the lobby, at once."""
-        session = Session(outbox, plain=True, close=close)
+        session = Session(outbox, plain=True, connection=connection)
         nick = f"guest-{next(self.guests)}"
         while m.nick_key(nick) in self.nicks:
             nick = f"guest-{next(self.guests)}"
@@ -158,9 +168,9 @@ class Chat:
         self._enter(session, self.room(m.DEFAULT_ROOM))
         return session
 
-    def connect_v1(self, outbox: Outbox, close: Callable[[int, str], None]) -> Session:
+    def connect_v1(self, outbox: Outbox, connection: Closable) -> Session:
         """A rawchat.v1 client: nothing happens until its hello."""
-        return Session(outbox, plain=False, close=close)
+        return Session(outbox, plain=False, connection=connection)
 
     def disconnect(self, session: Session) -> None:
         for room in list(session.rooms.values()):

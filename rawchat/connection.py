@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 from typing import TYPE_CHECKING, Any, cast
 
 import h11
@@ -50,7 +51,6 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "state",
         "transport",
-        "peer",
         "address",
         "close_code",
         "_bucket",
@@ -74,13 +74,12 @@ class Connection(asyncio.Protocol):
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.transport: asyncio.Transport | None = None
-        #: The TCP peer as "ip:port", for logs.
-        self.peer = "-"
         #: The client's address as limits count it (the proxy's word for it with --trust-proxy).
         self.address = "-"
         #: The close code exchanged (sent or received first); None before any.
         self.close_code: int | None = None
         #: Per-connection message rate limit, and messages dropped by it in a row.
+        #: The bucket is made on the first message, and dropped at a pong once full again.
         self._bucket: TokenBucket | None = None
         self._drops = 0
         self.phase = _HTTP
@@ -88,6 +87,7 @@ class Connection(asyncio.Protocol):
         self._request: h11.Request | None = None
         #: The one pending timeout of this connection: HTTP deadlines, then the close bound.
         self._timer: asyncio.TimerHandle | None = None
+        #: wsproto's parser, made on the first bytes after the upgrade (see _parser).
         self.ws: WebSocket | None = None
         self.outbox: Outbox | None = None
         self.session: Session | None = None
@@ -104,6 +104,13 @@ class Connection(asyncio.Protocol):
         self._held = False
         self._backlog: bytes | None = None
 
+    @property
+    def peer(self) -> str:
+        """The TCP peer as "ip:port", for logs: formatted when one is written, not kept."""
+        transport = self.transport
+        peername = None if transport is None else transport.get_extra_info("peername")
+        return f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "-"
+
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,8 +118,9 @@ class Connection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple):
-            self.peer = f"{peername[0]}:{peername[1]}"
-            self.address = str(peername[0])
+            # One string per address, however many connections come from it
+            # (a proxy, a NAT): interned strings go when their last user does.
+            self.address = sys.intern(str(peername[0]))
         self.http = h11.Connection(
             h11.SERVER,
             max_incomplete_event_size=max(self.state.config.max_request_head - _HEAD_SLICE, 1),
@@ -348,12 +356,10 @@ class Connection(asyncio.Protocol):
         state.websockets.add(self)
         state.occupancy.enter(self.address)
         state.metrics.handshakes += 1
-        if state.config.rate > 0:
-            self._bucket = TokenBucket(state.config.rate, state.config.burst, state.loop.time())
         if decision.subprotocol is None:
-            self.session = state.chat.connect_plain(self.outbox, self.close)
+            self.session = state.chat.connect_plain(self.outbox, self)
         else:
-            self.session = state.chat.connect_v1(self.outbox, self.close)
+            self.session = state.chat.connect_v1(self.outbox, self)
             self._set_timer(state.config.handshake_timeout, self._hello_timeout)
         mode = decision.subprotocol or "plain"
         log.info(
@@ -362,7 +368,6 @@ class Connection(asyncio.Protocol):
             mode,
             extra={"event": "open", "client": self.address, "protocol": mode},
         )
-        self.ws = WebSocket(ConnectionType.SERVER)
         if trailing:
             self._ws_received(trailing)
 
@@ -395,9 +400,44 @@ class Connection(asyncio.Protocol):
                 return
             self._ws_chunk(bytes(view[start : start + step]))
 
-    def _ws_chunk(self, data: bytes) -> None:
+    def _parser(self) -> WebSocket:
+        """wsproto's side of the connection, made when first needed.
+
+        Made on the first bytes after the upgrade and dropped again at rest
+        (see _ws_chunk): an idle client sends nothing but a pong now and then,
+        and a parser costs it 1.7 KB.
+        """
         ws = self.ws
-        if ws is None or self._failed or ws.state is ConnectionState.CLOSED:
+        if ws is None:
+            ws = self.ws = WebSocket(ConnectionType.SERVER)
+        return ws
+
+    @staticmethod
+    def _at_rest(ws: WebSocket) -> bool:
+        """Whether ``ws`` holds nothing a fresh parser would not: no part of a frame or message.
+
+        This reads wsproto's internals (the same in 1.2 and 1.3). Anything
+        unexpected counts as busy: a change there costs memory, never correctness.
+        """
+        try:
+            proto = ws._proto
+            frames = proto._frame_decoder
+            return (
+                ws.state is ConnectionState.OPEN
+                and not ws._events
+                and frames.header is None
+                and not len(frames.buffer)
+                and proto._message_decoder.opcode is None
+                and proto._outbound_opcode is None
+            )
+        except AttributeError:
+            return False
+
+    def _ws_chunk(self, data: bytes) -> None:
+        if self._failed:
+            return
+        ws = self._parser()
+        if ws.state is ConnectionState.CLOSED:
             return
         ws.receive_data(data)
         for event in ws.events():
@@ -410,6 +450,13 @@ class Connection(asyncio.Protocol):
                     self.transport.write(ws.send(event.response()))  # type: ignore[attr-defined]
             elif kind is Pong:
                 self.ping_deadline = 0.0
+                if self._at_rest(ws):
+                    # An idle client's only traffic: drop the parser until the
+                    # next bytes (nothing else is left in this chunk).
+                    self.ws = None
+                bucket = self._bucket
+                if bucket is not None and bucket.full(self.state.loop.time()):
+                    self._bucket = None  # a new one is made full too
             elif kind is CloseConnection:
                 self._close_received(event)  # type: ignore[arg-type]
             if self._failed or self.phase != _WEBSOCKET or self._held:
@@ -478,6 +525,11 @@ class Connection(asyncio.Protocol):
         state = self.state
         state.metrics.messages_in += 1
         bucket = self._bucket
+        if bucket is None and state.config.rate > 0:
+            # Full, as one made at the upgrade would be by now.
+            bucket = self._bucket = TokenBucket(
+                state.config.rate, state.config.burst, state.loop.time()
+            )
         if bucket is not None and not bucket.take(state.loop.time()):
             self._rate_limited(session, data)
             return
@@ -542,9 +594,11 @@ class Connection(asyncio.Protocol):
         self._send_close(CloseReason.POLICY_VIOLATION, "too slow", flush=False)
 
     def _send_close(self, code: int, reason: str, *, flush: bool) -> None:
-        ws = self.ws
         transport = self.transport
-        if self._closing or ws is None or transport is None or ws.state is not ConnectionState.OPEN:
+        if self._closing or self.outbox is None or transport is None:
+            return
+        ws = self._parser()
+        if ws.state is not ConnectionState.OPEN:
             return
         self._closing = True
         if self.close_code is None:
@@ -571,7 +625,7 @@ class Connection(asyncio.Protocol):
         self.state.websockets.discard(self)
 
     def _internal_error(self) -> None:
-        if self.phase == _WEBSOCKET and self.ws is not None and not self._closing:
+        if self.phase == _WEBSOCKET and self.outbox is not None and not self._closing:
             try:
                 self.fail(CloseReason.INTERNAL_ERROR, "internal error")
                 return

@@ -135,7 +135,9 @@ def validate_room(room: object) -> str:
 
 def nick_key(nick: str) -> str:
     """The key under which nicks must be unique: "Ann" and "ANN" collide."""
-    return nick.casefold()
+    key = nick.casefold()
+    # A nick already folded (every guest's) is its own key: one string kept, not two.
+    return nick if key == nick else key
 
 
 def _reject_constant(name: str) -> Any:

@@ -8,6 +8,7 @@ from pathlib import Path
 import h11
 import pytest
 
+from rawchat.connection import Connection
 from tests.unit.fakes import FakeTransport, connect, make_state
 
 KEY = base64.b64encode(b"0123456789abcdef")
@@ -163,6 +164,29 @@ def test_malformed_request_gets_400_and_close(site: Path) -> None:
     head, _ = one(transport.take())
     assert head.status_code == 400
     assert transport.closed
+
+
+def test_logs_name_the_tcp_peer(site: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state, _ = make_state(static_dir=site)
+    caplog.set_level("DEBUG", logger="rawchat.connection")
+    conn, _ = connect(state)
+    conn.data_received(b"GARBAGE\r\n\r\n")
+    assert conn.peer == "127.0.0.1:40000"
+    assert caplog.records[-1].getMessage().startswith("127.0.0.1:40000: bad HTTP request")
+
+
+def test_connections_from_one_address_share_one_string(site: Path) -> None:
+    state, _ = make_state(static_dir=site)
+    addresses = []
+    for port in (40001, 40002):
+        transport = FakeTransport(state.loop)  # type: ignore[arg-type]
+        peername = ("".join(["10.0.0.", "9"]), port)  # a new string each time, as from a socket
+        transport.get_extra_info = lambda name, default=None, p=peername: p  # type: ignore[method-assign]
+        conn = Connection(state)
+        conn.connection_made(transport)
+        addresses.append(conn.address)
+    assert addresses[0] == "10.0.0.9"
+    assert addresses[0] is addresses[1]
 
 
 def test_oversized_request_head_gets_431(site: Path) -> None:

@@ -249,6 +249,11 @@ def test_nick_key_is_case_insensitive() -> None:
     assert nick_key("ann") != nick_key("anna")
 
 
+def test_a_folded_nick_is_its_own_key() -> None:
+    nick = "".join(["guest-", "7"])
+    assert nick_key(nick) is nick
+
+
 @pytest.mark.parametrize(
     "room",
     ["", ".hidden", "..", "a b", "a/b", "a:b", "lobby\n", "é", "x" * (MAX_ROOM + 1), "ｌobby"],

@@ -173,6 +173,74 @@ def test_keepalive_pings_and_closes_a_client_that_never_answers() -> None:
     assert closes(alive) == []
 
 
+def test_an_idle_client_holds_no_parser_between_pongs() -> None:
+    state, loop = make_state()
+    a, b = Client(state, loop), Client(state, loop)
+    assert a.conn.ws is None  # nothing received since the upgrade
+    a.send(Pong(b""))
+    assert a.conn.ws is None  # made for the pong, dropped after it
+    a.send(TextMessage("hello"))
+    assert a.conn.ws is not None
+    a.send(Pong(b""))
+    assert a.conn.ws is None
+    a.send(TextMessage("again"))
+    b.receive()
+    assert texts(b) == ["hello", "again"]
+
+
+def test_a_pong_amid_a_fragmented_message_keeps_the_parser() -> None:
+    state, loop = make_state()
+    a, b = Client(state, loop), Client(state, loop)
+    a.send(TextMessage("frag", message_finished=False))
+    a.send(Pong(b""))
+    assert a.conn.ws is not None
+    a.send_raw(masked(0x0, b"mented"))
+    b.receive()
+    assert texts(b) == ["fragmented"]
+
+
+def test_a_pong_with_more_bytes_behind_it_keeps_the_parser() -> None:
+    state, loop = make_state()
+    a, b = Client(state, loop), Client(state, loop)
+    hello = masked(0x1, b"hello")
+    a.send_raw(masked(0xA, b"") + hello[:8])  # a pong, then a frame not yet whole
+    assert a.conn.ws is not None
+    a.send_raw(hello[8:])
+    a.send_raw(masked(0xA, b"") + masked(0x8, struct.pack("!H", 1000)))  # pong and close
+    a.receive()
+    assert [c.code for c in closes(a)] == [1000]
+    b.receive()
+    assert texts(b) == ["hello"]
+
+
+def test_the_rate_bucket_is_made_by_a_message_and_dropped_once_full() -> None:
+    state, loop = make_state(rate=1.0, burst=2)
+    a, b = Client(state, loop), Client(state, loop)
+    assert a.conn._bucket is None
+    for text in ("1", "2", "3"):  # the third is over the burst
+        a.send(TextMessage(text))
+    assert a.conn._bucket is not None
+    a.send(Pong(b""))
+    assert a.conn._bucket is not None  # not full yet: what it knows still counts
+    loop.advance(2.0)
+    a.send(Pong(b""))
+    assert a.conn._bucket is None
+    for text in ("4", "5", "6"):  # a full burst again, then one too many
+        a.send(TextMessage(text))
+    b.receive()
+    assert texts(b) == ["1", "2", "4", "5"]
+    assert state.metrics.rate_limited == 2
+
+
+def test_the_server_can_close_a_client_it_never_parsed_for() -> None:
+    state, loop = make_state()
+    a = Client(state, loop)
+    assert a.conn.ws is None
+    a.conn.close(1001, "going away")
+    a.receive()
+    assert [c.code for c in closes(a)] == [1001]
+
+
 def test_a_client_that_does_not_answer_our_close_is_aborted() -> None:
     state, loop = make_state(close_timeout=2.0)
     a = Client(state, loop)
