@@ -434,7 +434,7 @@ class Connection(asyncio.Protocol):
             return False
 
     def _ws_chunk(self, data: bytes) -> None:
-        if self._failed:
+        if self._failed or (not data and self.ws is None):  # a catch-up with nothing parsed
             return
         ws = self._parser()
         if ws.state is ConnectionState.CLOSED:
