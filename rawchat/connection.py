@@ -68,6 +68,7 @@ class Connection(asyncio.Protocol):
         "_failed",
         "ping_deadline",
         "_held",
+        "_parked",
         "_backlog",
     )
 
@@ -102,6 +103,8 @@ class Connection(asyncio.Protocol):
         self.ping_deadline = 0.0
         #: Flow control holds this publisher: bytes read are kept, not handled.
         self._held = False
+        #: A hold stopped the handling of parsed frames still in wsproto's buffer.
+        self._parked = False
         self._backlog: bytes | None = None
 
     @property
@@ -375,15 +378,21 @@ class Connection(asyncio.Protocol):
 
     def _ws_received(self, data: bytes) -> None:
         backlog = self._backlog
-        if backlog is not None or self._held:
-            # Bytes read but not handled go first. While held, more can still
-            # arrive (TLS hands over what it had decrypted): keep it, in order.
-            if backlog:
-                data = backlog + data
-            if self._held:
-                self._backlog = data
-                return
+        if backlog is not None:
+            data = backlog + data
             self._backlog = None
+        if self._parked and not self._held:
+            # The frames a hold left parsed in wsproto go first, and wsproto
+            # gets nothing more before they are handled: else its buffer would
+            # grow by a slice at every release.
+            self._parked = False
+            self._ws_chunk(b"")
+        if self._held:
+            # Kept in order for the release. (While held, more can still arrive:
+            # TLS hands over what it had decrypted.)
+            if data:
+                self._backlog = data
+            return
         # wsproto keeps what it is given until events() consumes it. Feeding it
         # at most one message's worth at a time keeps its buffer within
         # --max-message plus a frame header, however much one read brought.
@@ -459,9 +468,12 @@ class Connection(asyncio.Protocol):
                     self._bucket = None  # a new one is made full too
             elif kind is CloseConnection:
                 self._close_received(event)  # type: ignore[arg-type]
-            if self._failed or self.phase != _WEBSOCKET or self._held:
-                # Held: the frames after this one stay in wsproto's buffer
-                # until the release.
+            if self._held:
+                # The frames after this one stay in wsproto's buffer until
+                # the release.
+                self._parked = True
+                return
+            if self._failed or self.phase != _WEBSOCKET:
                 return
 
     # -- flow control (rawchat.flow.Publisher) -----------------------------------------
@@ -485,7 +497,7 @@ class Connection(asyncio.Protocol):
         if self._held or self.phase != _WEBSOCKET or transport is None:
             return
         self.data_received(b"")  # the same guard against bugs as a read
-        if not (self._held or self._backlog) and not transport.is_closing():
+        if not (self._held or self._backlog or self._parked) and not transport.is_closing():
             transport.resume_reading()
 
     def _message_part(self, event: TextMessage | BytesMessage) -> None:
