@@ -229,7 +229,7 @@ async def compare(args: argparse.Namespace) -> int:
                 result = await run_one(scenario, spec, load, args, known, verbose=False)
                 if result is not None:
                     results.append(result)
-        report.print_comparison(scenario, results)
+        report.print_comparison(scenario, report.medians(results))
     print(f"\ncompare finished in {time.monotonic() - started:.0f} s")
     return 0
 

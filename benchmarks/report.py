@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import platform
+import statistics
 import subprocess
 import time
 from collections.abc import Sequence
@@ -125,6 +126,32 @@ def _ratio(ours: Any, theirs: Any) -> str:
     if theirs == 0 or math.isnan(theirs) or math.isnan(ours):
         return ""
     return f"{ours / theirs:.2f}"
+
+
+def medians(results: Sequence[Result]) -> list[Result]:
+    """One result per server: the median of each numeric metric over its rounds.
+
+    Latency tails swing by 2x between runs on a small machine; the median of
+    alternating rounds is what a ratio between servers can be trusted on.
+    """
+    by_server: dict[str, list[Result]] = {}
+    for r in results:
+        by_server.setdefault(r.server, []).append(r)
+    merged = []
+    for server, rounds in by_server.items():
+        if len(rounds) == 1:
+            merged.append(rounds[0])
+            continue
+        metrics: dict[str, Any] = {}
+        for name in rounds[0].metrics:
+            values = [r.metrics.get(name) for r in rounds]
+            numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+            whole = len(numbers) == len(values)
+            metrics[name] = statistics.median(numbers) if whole else values[-1]
+        notes = [f"median of {len(rounds)} rounds"]
+        notes += sorted({n for r in rounds for n in r.notes})
+        merged.append(Result(rounds[0].scenario, server, rounds[0].params, metrics, notes))
+    return merged
 
 
 def print_comparison(scenario: str, results: Sequence[Result]) -> None:
