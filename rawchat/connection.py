@@ -68,6 +68,7 @@ class Connection(asyncio.Protocol):
         "_failed",
         "ping_deadline",
         "_held",
+        "_turn",
         "_parked",
         "_backlog",
     )
@@ -103,6 +104,8 @@ class Connection(asyncio.Protocol):
         self.ping_deadline = 0.0
         #: Flow control holds this publisher: bytes read are kept, not handled.
         self._held = False
+        #: Flow control's turn: handle one message, then stop again.
+        self._turn = False
         #: A hold stopped the handling of parsed frames still in wsproto's buffer.
         self._parked = False
         self._backlog: bytes | None = None
@@ -468,10 +471,10 @@ class Connection(asyncio.Protocol):
                     self._bucket = None  # a new one is made full too
             elif kind is CloseConnection:
                 self._close_received(event)  # type: ignore[arg-type]
-            if self._held:
+            if self._held or self._turn:
                 # The frames after this one stay in wsproto's buffer until
-                # the release.
-                self._parked = True
+                # the next turn.
+                self._held = self._parked = True
                 return
             if self._failed or self.phase != _WEBSOCKET:
                 return
@@ -484,21 +487,23 @@ class Connection(asyncio.Protocol):
         if transport is not None and transport.is_reading():
             transport.pause_reading()
 
-    def release(self) -> None:
-        self._held = False
-        # What was read but not handled goes first (the frames a hold left in
-        # wsproto's buffer, then the backlog), and reading resumes only once it
-        # is all handled: otherwise each release would let one more read in
-        # while handling only a few messages, and the backlog would grow.
-        self.state.loop.call_soon(self._catch_up)
-
-    def _catch_up(self) -> None:
+    def take_turn(self) -> bool:
         transport = self.transport
-        if self._held or self.phase != _WEBSOCKET or transport is None:
-            return
+        if self.phase != _WEBSOCKET or transport is None or transport.is_closing():
+            return False
+        # What was read but not handled goes first (the frames a hold left in
+        # wsproto's buffer, then the backlog), one message per turn, and
+        # reading resumes only once none is left: otherwise each turn would
+        # let one more read in while handling one message.
+        self._held, self._turn = False, True
         self.data_received(b"")  # the same guard against bugs as a read
-        if not (self._held or self._backlog or self._parked) and not transport.is_closing():
+        self._turn = False
+        if self._held or self._backlog:
+            self._held = True
+            return True
+        if not transport.is_closing():
             transport.resume_reading()
+        return False
 
     def _message_part(self, event: TextMessage | BytesMessage) -> None:
         data = event.data
@@ -556,7 +561,7 @@ class Connection(asyncio.Protocol):
         else:
             self.close(CloseReason.UNSUPPORTED_DATA, "rawchat.v1 speaks JSON text frames")
             return
-        if state.hub.pressed or state.flow.congested:
+        if (state.hub.pressed or state.flow.congested) and not self._turn:
             state.flow.hold(self)
 
     def _rate_limited(self, session: Session, data: str | bytes | bytearray) -> None:

@@ -15,6 +15,11 @@ Two limits guard every client's write buffer:
   no one. (A client that *becomes* congested during an iteration holds every
   publisher until that iteration's flush, so that one large read cannot queue
   megabytes before anyone notices.)
+
+  Held publishers get their waiting messages handled in turns, one message
+  each, round robin, for as long as the fan-out keeps up: whoever was held
+  waits as long as the others, instead of the first one released taking all
+  the room there is. A publisher resumes reading once it has nothing waiting.
 * ``--max-buffer`` is the hard cap enforced by the hub at queueing time: a
   client that would pass it is evicted at once.
 
@@ -25,6 +30,7 @@ it is evicted as too slow, so it cannot hold the chat back for longer than that.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -34,9 +40,11 @@ from rawchat.hub import Hub, Outbox
 class Publisher(Protocol):
     """A connection that can stop and resume handling what its client sends."""
 
-    def hold(self) -> None: ...
+    def hold(self) -> None:
+        """Stop reading and handling what the client sends."""
 
-    def release(self) -> None: ...
+    def take_turn(self) -> bool:
+        """Handle one waiting message; whether more wait (else it reads again)."""
 
 
 #: Senders are held only while at least this share of the clients is behind:
@@ -52,6 +60,8 @@ class Backpressure:
         "clients",
         "congested",
         "_held",
+        "_turns",
+        "_serving",
         "_overloaded",
         "holds",
     )
@@ -71,6 +81,9 @@ class Backpressure:
         #: Congested clients, each with the timer that evicts it if it stays so.
         self.congested: dict[Outbox, asyncio.TimerHandle] = {}
         self._held: dict[Publisher, None] = {}
+        #: Released publishers with messages waiting, in the order of their turns.
+        self._turns: deque[Publisher] = deque()
+        self._serving = False
         #: Publishers were held because the fan-out as a whole was behind.
         self._overloaded = False
         #: Times a publisher was held since start.
@@ -99,14 +112,29 @@ class Backpressure:
         return len(self.congested) >= max(1.0, BEHIND_SHARE * self.clients())
 
     def release(self) -> None:
-        """Resume the held senders once the fan-out has caught up."""
-        if self._held and not self.behind():
+        """Let the held senders take turns once the fan-out has caught up."""
+        if (self._held or self._turns) and not self.behind():
             if self._overloaded:
                 self._overloaded = False
                 self._restart_timers()
-            held, self._held = self._held, {}
-            for publisher in held:
-                publisher.release()
+            self._turns.extend(self._held)
+            self._held.clear()
+            if not self._serving:
+                self._serving = True
+                self.loop.call_soon(self._serve)
+
+    def _serve(self) -> None:
+        """One waiting message per publisher in turn, until pressure or none wait."""
+        self._serving = False
+        turns, hub = self._turns, self.hub
+        while turns:
+            if hub.pressed or (self.congested and self.behind()):
+                # The rest keep their places; the release after the flush
+                # (or after the clients drained) serves them.
+                return
+            publisher = turns.popleft()
+            if publisher.take_turn():
+                turns.append(publisher)
 
     def _restart_timers(self) -> None:
         """Count the clients still behind as slow only from now on.
@@ -135,7 +163,8 @@ class Backpressure:
         return True
 
     def forget(self, publisher: Publisher) -> None:
-        self._held.pop(publisher, None)
+        if self._held.pop(publisher, None) is None and publisher in self._turns:
+            self._turns.remove(publisher)
 
     def _too_slow(self, box: Outbox) -> None:
         self.hub.evict(box, "slow_timeout")

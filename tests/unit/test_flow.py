@@ -69,7 +69,8 @@ def test_holds_again_and_again_keep_wsproto_fed_one_message_at_a_time() -> None:
     state, loop = make_state(max_buffer=4096, max_message=256, rate=0)
     sender, behind, reader = Client(state, loop), Client(state, loop), Client(state, loop)
     behind.conn.pause_writing()
-    sender.send_raw(b"".join(sender.ws.send(TextMessage(f"{i:03d}" + "y" * 97)) for i in range(100)))
+    flood = (sender.ws.send(TextMessage(f"{i:03d}" + "y" * 97)) for i in range(100))
+    sender.send_raw(b"".join(flood))
     step = 256 + 14  # what rawchat hands wsproto at a time: --max-message plus a header
     for _ in range(20):  # a release, then behind again before the held sender catches up
         behind.conn.resume_writing()
@@ -84,3 +85,19 @@ def test_holds_again_and_again_keep_wsproto_fed_one_message_at_a_time() -> None:
         reader.receive()
     texts = [e.data for e in reader.events if isinstance(e, TextMessage)]
     assert [t[:3] for t in texts] == [f"{i:03d}" for i in range(100)]
+
+
+def test_held_senders_take_turns_one_message_each() -> None:
+    state, loop = make_state(max_buffer=4096, rate=0)
+    alice, bob = Client(state, loop), Client(state, loop)
+    behind, reader = Client(state, loop), Client(state, loop)
+    behind.conn.pause_writing()  # a quarter of the clients: the fan-out is behind
+    for client, name in ((alice, "a"), (bob, "b")):
+        client.send_raw(b"".join(client.ws.send(TextMessage(f"{name}{i:02d}")) for i in range(20)))
+    behind.conn.resume_writing()
+    while loop.ready:
+        reader.receive()
+    texts = [e.data for e in reader.events if isinstance(e, TextMessage)]
+    assert sorted(texts) == [f"{name}{i:02d}" for name in "ab" for i in range(20)]
+    assert "".join(t[0] for t in texts) == "ab" * 20, "in turns, not one sender's backlog first"
+    assert alice.transport.reading and bob.transport.reading, "both read again once caught up"
