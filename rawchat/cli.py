@@ -64,8 +64,8 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=d.slow_timeout,
         metavar="SECONDS",
-        help="how long a client may stay past a quarter of --max-buffer before it is evicted;"
-        " meanwhile the server stops reading from senders",
+        help="how long a client may stay past the pressure mark (a quarter of --max-buffer,"
+        " at most 64 KiB) while the others keep up before it is evicted",
     )
     p.add_argument(
         "--ping-interval",

@@ -22,8 +22,8 @@ class Config:
     #: transport's buffer plus the frames queued this loop iteration). A client
     #: that would go past it is evicted.
     max_buffer: int = 1 * MiB
-    #: A client whose buffer stays past the pressure mark (a quarter of
-    #: max_buffer) this long is evicted as too slow; until then senders are held.
+    #: A client whose buffer stays past the pressure mark (see pressure_mark)
+    #: this long while the others keep up is evicted as too slow.
     slow_timeout: float = 2.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
