@@ -145,8 +145,12 @@ def fd_limit() -> int:
 
 
 def pick_cores() -> tuple[set[int], set[int]] | None:
-    """(server cores, load tool cores) when there are at least two to split."""
-    cores = sorted(os.sched_getaffinity(0))
+    """(server cores, load tool cores) when there are at least two to split.
+
+    From the cores the tool started with: its own affinity is one core after
+    the first pinned run, which used to leave every second run unpinned.
+    """
+    cores = sorted(_ALL_CORES)
     if len(cores) < 2:
         return None
     return {cores[0]}, {cores[1]}
