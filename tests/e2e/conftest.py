@@ -62,7 +62,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[RawchatServer]:
     server.stop()
     if request.node.stash.get(CALL_FAILED, False):
         # Shown with the failure: what the server said while the test ran.
-        print("".join(server.log), file=sys.stderr)
+        print("\n".join(server.log), file=sys.stderr)
 
 
 @pytest.fixture

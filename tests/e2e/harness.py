@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import queue
 import re
-import subprocess
-import sys
+import signal
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -27,6 +25,8 @@ from playwright.sync_api import (
     Playwright,
     expect,
 )
+
+from tests.processes import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -42,7 +42,6 @@ CHROMIUM_ARGS = [
 ]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-LISTENING = re.compile(r"rawchat listening on (?P<scheme>https?)://(?P<host>[^\s:]+):(?P<port>\d+)")
 STARTUP_TIMEOUT = 15.0
 
 # Reconnecting waits out a randomised backoff of up to several seconds, so the default 5 s
@@ -58,13 +57,17 @@ class RawchatServer:
         self.port = 0
         self.extra_args = extra_args
         self.scheme = "http"
-        self.log: list[str] = []
-        self._process: subprocess.Popen[str] | None = None
-        self._reader: threading.Thread | None = None
+        self._process: ServerProcess | None = None
+        self._earlier_runs: list[str] = []
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}/"
+
+    @property
+    def log(self) -> list[str]:
+        """What the server logged, over every run so far."""
+        return self._earlier_runs + (self._process.log if self._process else [])
 
     def start(self, port: int = 0) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -72,64 +75,24 @@ class RawchatServer:
         # can be pointed at another checkout of the server.
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([*paths, str(REPO)]))
-        command = [sys.executable, "-m", "rawchat", "--host", self.host, "--port", str(port)]
-        command += self.extra_args
-        process = subprocess.Popen(
-            command,
+        self._process = ServerProcess(
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            *self.extra_args,
             cwd=ARTIFACTS,
             env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            timeout=STARTUP_TIMEOUT,
         )
-        self._process = process
-        lines: queue.Queue[str | None] = queue.Queue()
-        # The server logs to stderr for as long as it runs: keep draining the pipe, or the
-        # server would block on a full pipe in the middle of a test.
-        self._reader = threading.Thread(
-            target=self._drain, args=(process, lines), name="rawchat-stderr", daemon=True
-        )
-        self._reader.start()
-        while True:
-            try:
-                line = lines.get(timeout=STARTUP_TIMEOUT)
-            except queue.Empty:
-                self.stop()
-                pytest.fail(f"rawchat did not start:\n{''.join(self.log)}")
-            if line is None:
-                self.stop()
-                pytest.fail(f"rawchat exited at startup:\n{''.join(self.log)}")
-            found = LISTENING.search(line)
-            if found:
-                self.port = int(found["port"])
-                self.scheme = found["scheme"]
-                return
-
-    def _drain(self, process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            self.log.append(line)
-            lines.put(line)
-        lines.put(None)
+        self.port = self._process.port
+        self.scheme = self._process.ready["scheme"]
 
     def stop(self, *, kill: bool = False) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        if kill:
-            process.kill()
-        else:
-            process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        assert process.stderr is not None
-        process.stderr.close()
+        if process is not None:
+            process.stop(signal.SIGKILL if kill else signal.SIGTERM, timeout=15)
+            self._earlier_runs += process.log
 
     def restart(self, *, kill: bool) -> None:
         """Stop the server and start a new run on the same port.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
-import subprocess
-import threading
 
 import pytest
+
+from tests.processes import ServerProcess
 
 
 def redis_binary() -> str:
@@ -33,48 +34,30 @@ class RedisServer:
     def __init__(self) -> None:
         self.binary = redis_binary()
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.reader = threading.Thread()
+        self.process: ServerProcess | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--loglevel",
-                "notice",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        assert proc.stdout is not None
         # Redis says when it is ready; wait for that line, not for a guessed time.
-        for line in proc.stdout:
-            if b"Ready to accept connections" in line:
-                break
-        else:
-            raise RuntimeError(f"redis-server exited with {proc.wait()}")
-        # Keep reading so the pipe never fills up; the reader ends at EOF.
-        self.reader = threading.Thread(target=proc.stdout.read, daemon=True)
-        self.reader.start()
-        self.proc = proc
+        self.process = ServerProcess(
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--loglevel",
+            "notice",
+            program=[self.binary],
+            ready="Ready to accept connections",
+        )
 
     def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.reader.join()
-            assert self.proc.stdout is not None
-            self.proc.stdout.close()
-            self.proc = None
+        if self.process is not None:
+            self.process.stop(signal.SIGKILL)
+            self.process = None

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
 import signal
-import sys
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +17,7 @@ import websockets
 from rawchat.server import Server
 from tests.integration.conftest import run, serving, ws_url
 from tests.integration.redis_server import RedisServer
+from tests.processes import ServerProcess
 
 V1 = ["rawchat.v1"]
 
@@ -197,10 +196,7 @@ def test_two_workers_share_a_port_and_the_supervisor_replaces_a_dead_one(
     redis_server: RedisServer,
 ) -> None:
     async def main() -> None:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "rawchat",
+        with ServerProcess(
             "--port",
             "0",
             "--workers",
@@ -210,28 +206,14 @@ def test_two_workers_share_a_port_and_the_supervisor_replaces_a_dead_one(
             redis_server.url,
             "--log-level",
             "info",
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: the workers go down with it
-        )
-        assert proc.stderr is not None
-        stderr = proc.stderr
+            ready=r"listening on http://127\.0\.0\.1:(?P<port>\d+) \(uvloop, 2 workers\)",
+            own_group=True,  # the workers go down with it
+        ) as server:
 
-        async def line_matching(pattern: str) -> re.Match[str]:
-            while True:
-                line = (await asyncio.wait_for(stderr.readline(), 20)).decode()
-                assert line, "rawchat exited"
-                found = re.search(pattern, line)
-                if found:
-                    return found
+            async def line_matching(pattern: str) -> re.Match[str]:
+                return await asyncio.to_thread(server.line_matching, pattern)
 
-        try:
-            port = int(
-                (
-                    await line_matching(
-                        r"listening on http://127\.0\.0\.1:(\d+) \(uvloop, 2 workers\)"
-                    )
-                )[1]
-            )
+            port = server.port
             for _ in range(2):
                 await line_matching(r"rawchat listening on .*\(uvloop\)$")
             url = f"ws://127.0.0.1:{port}/ws"
@@ -274,12 +256,6 @@ def test_two_workers_share_a_port_and_the_supervisor_replaces_a_dead_one(
                 assert await asyncio.wait_for(ws.recv(), 10) == "after the crash"
             for ws in [*survivors, newcomer]:
                 await ws.close()
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 20) == 0
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await asyncio.wait_for(proc.wait(), 20)
+            assert await asyncio.to_thread(server.stop) == 0
 
     run(main)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import urllib.request
 import zipfile
 from pathlib import Path
+
+from tests.processes import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,23 +45,14 @@ def test_an_installed_wheel_serves_the_shipped_page_from_anywhere(tmp_path: Path
         text=True,
     ).stdout
     assert where.startswith(str(site)), "the test must exercise the wheel, not the checkout"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rawchat", "--port", "0"],
-        cwd=elsewhere,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
+    server = ServerProcess(
+        "--port", "0", cwd=elsewhere, env=env, ready=r"listening on (?P<url>http://\S+)"
     )
     try:
-        assert server.stderr is not None
-        found = re.search(r"listening on (http://\S+)", server.stderr.readline())
-        assert found, "no start-up line"
-        base = found.group(1)
+        assert server.log[0] == server.ready.string, "no start-up line"
+        base = server.ready["url"]
         for name, target in (("index.html", "/"), ("tutorial.html", "/tutorial.html")):
             with urllib.request.urlopen(base + target, timeout=10) as response:
                 assert response.read() == (ROOT / "static" / name).read_bytes()
     finally:
-        server.terminate()
-        assert server.wait(timeout=20) == 0
-        assert server.stderr is not None
-        server.stderr.close()
+        assert server.stop() == 0

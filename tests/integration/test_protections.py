@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import ssl
 import struct
-import sys
 import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ from rawchat.config import KiB
 from rawchat.connection import Connection
 from rawchat.server import Server
 from tests.integration.conftest import RawClient, run, serving, ws_url
+from tests.processes import ServerProcess
 
 V1 = ["rawchat.v1"]
 BOUND = 5.0  # seconds: generous bounds on anything that should take milliseconds
@@ -807,27 +806,20 @@ def test_metrics_parse_and_count_refusals_evictions_closes_and_messages() -> Non
 
 def test_json_logs_carry_the_event_client_and_close_code() -> None:
     async def main() -> None:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "rawchat",
+        with ServerProcess(
             "--port",
             "0",
             "--log-format",
             "json",
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stderr is not None
-        stderr = proc.stderr
+            ready=r"listening on http://127\.0\.0\.1:(?P<port>\d+)",
+        ) as server:
 
-        async def entry() -> dict[str, Any]:
-            line = await asyncio.wait_for(stderr.readline(), 20)
-            assert line, "rawchat exited"
-            parsed: dict[str, Any] = json.loads(line)
-            return parsed
+            async def entry() -> dict[str, Any]:
+                parsed: dict[str, Any] = json.loads(await asyncio.to_thread(server.next_line))
+                return parsed
 
-        try:
-            listening = await entry()
+            # The listening line is the first, and JSON like every other.
+            listening = json.loads(server.log[0])
             found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", listening["msg"])
             assert found, listening
             assert listening["level"] == "info" and "ts" in listening
@@ -842,11 +834,6 @@ def test_json_logs_carry_the_event_client_and_close_code() -> None:
             assert events["open"]["protocol"] == "plain"
             assert events["close"]["client"] == "127.0.0.1"
             assert events["close"]["code"] == 1000
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 20) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            assert await asyncio.to_thread(server.stop) == 0
 
     run(main)

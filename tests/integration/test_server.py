@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
-import sys
 
 import pytest
 import websockets
@@ -14,6 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from rawchat.config import KiB
 from tests.integration.conftest import RawClient, run, serving, ws_url
+from tests.processes import ServerProcess
 
 
 def test_plain_broadcast_reaches_every_client_in_the_same_order(loop_kind: str) -> None:
@@ -266,29 +265,18 @@ def test_a_v1_chat_over_loopback() -> None:
 
 def test_the_command_line_prints_its_port_and_exits_cleanly_on_sigterm() -> None:
     async def main() -> None:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "rawchat",
+        with ServerProcess(
             "--port",
             "0",
             "--uvloop",
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stderr is not None
-        try:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
-            found = re.search(r"rawchat listening on http://127\.0\.0\.1:(\d+) \(uvloop\)", line)
-            assert found, line
-            ws = await websockets.connect(f"ws://127.0.0.1:{found.group(1)}/ws")
-            proc.send_signal(signal.SIGTERM)
+            ready=r"rawchat listening on http://127\.0\.0\.1:(?P<port>\d+) \(uvloop\)",
+        ) as server:
+            assert server.log[0] == server.ready.string, "the first line says where it listens"
+            ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws")
+            server.process.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
-            assert await asyncio.wait_for(proc.wait(), 20) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            assert await asyncio.to_thread(server.stop, None) == 0
 
     run(main)

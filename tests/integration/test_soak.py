@@ -39,10 +39,6 @@ import os
 import random
 import re
 import resource
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Coroutine, Iterable
@@ -63,11 +59,12 @@ from benchmarks.frames import (
     close_frame,
     mask_frame,
 )
+from tests.processes import ServerProcess
 
 HOST = "127.0.0.1"
 ROOMS = ("lobby", "r1", "r2", "r3", "r4")
 SEED = 20240607
-LISTENING = re.compile(r"rawchat listening on http://127\.0\.0\.1:(\d+) \(uvloop\)")
+LISTENING = r"rawchat listening on http://127\.0\.0\.1:(?P<port>\d+) \(uvloop\)"
 
 
 @dataclass(frozen=True)
@@ -388,63 +385,34 @@ def pick_rooms(rng: random.Random) -> tuple[str, ...]:
 # -- the server and its state -----------------------------------------------------
 
 
-class ServerProcess:
-    """``python -m rawchat`` with its stderr drained by a thread (a full pipe would stall it)."""
+class SoakServer(ServerProcess):
+    """``python -m rawchat`` with every limit off, and a look at its descriptors and memory."""
 
     def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._port: int | None = None
-        self._listening = threading.Event()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rawchat",
-                "--host",
-                HOST,
-                "--port",
-                "0",
-                "--uvloop",
-                "--rate",
-                "0",
-                "--handshake-rate",
-                "0",
-                "--max-connections-per-ip",
-                "0",
-                "--max-connections",
-                "0",
-                "--ping-interval",
-                "600",
-                "--log-level",
-                "info",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+        super().__init__(
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            "--uvloop",
+            "--rate",
+            "0",
+            "--handshake-rate",
+            "0",
+            "--max-connections-per-ip",
+            "0",
+            "--max-connections",
+            "0",
+            "--ping-interval",
+            "600",
+            "--log-level",
+            "info",
+            ready=LISTENING,
         )
-        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
-        self._drain.start()
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            self.lines.append(line)
-            if self._port is None:
-                found = LISTENING.search(line)
-                if found:
-                    self._port = int(found.group(1))
-                    self._listening.set()
-        self._listening.set()
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
-
-    def port(self) -> int:
-        if not self._listening.wait(20) or self._port is None:
-            raise AssertionError("rawchat did not start:\n" + "\n".join(self.lines[-20:]))
-        return self._port
+        return self.process.pid
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
@@ -455,23 +423,6 @@ class ServerProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS")
-
-    def stop(self) -> int | None:
-        """SIGTERM (graceful shutdown), SIGKILL if that takes too long; the exit code."""
-        code: int | None = None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        else:
-            code = self.proc.returncode
-        self._drain.join(10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-        return code
 
 
 async def http_get(port: int, path: str) -> bytes:
@@ -511,7 +462,7 @@ async def wait_for_connections(port: int, count: int) -> None:
     raise AssertionError(f"server still holds {health} connections, expected {count} + 1")
 
 
-async def wait_for_fds(server: ServerProcess, count: int) -> None:
+async def wait_for_fds(server: SoakServer, count: int) -> None:
     """Bounded poll of the server's descriptors: closing a socket is not instant."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
     while (now := server.fds()) != count:
@@ -705,7 +656,7 @@ class Snapshot:
         return self.frames_out - self.counted
 
 
-async def soak(server: ServerProcess) -> dict[str, Any]:
+async def soak(server: SoakServer) -> dict[str, Any]:
     ledger = Ledger()
     try:
         return await soak_rounds(server, ledger)
@@ -718,8 +669,8 @@ async def soak(server: ServerProcess) -> dict[str, Any]:
             await asyncio.wait(pending, timeout=10)
 
 
-async def soak_rounds(server: ServerProcess, ledger: Ledger) -> dict[str, Any]:
-    port = server.port()
+async def soak_rounds(server: SoakServer, ledger: Ledger) -> dict[str, Any]:
+    port = server.port
     report: dict[str, Any] = {}
     await wait_for_connections(port, 0)
     report["fds_start"] = fds_start = server.fds()
@@ -828,16 +779,16 @@ def test_soak_churn_delivery_accounting_and_resources() -> None:
         pytest.skip(f"needs {needed} open files; the hard RLIMIT_NOFILE is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
     try:
-        server = ServerProcess()
         started = time.monotonic()
+        server = SoakServer()
         try:
             report = uvloop.run(soak(server))
         finally:
-            code = server.stop()
+            code = server.stop(timeout=15)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     report["seconds"] = round(time.monotonic() - started, 1)
     print("soak:", json.dumps(report))
-    errors = [line for line in server.lines if re.search(r"\b(ERROR|CRITICAL)\b|Traceback", line)]
+    errors = [line for line in server.log if re.search(r"\b(ERROR|CRITICAL)\b|Traceback", line)]
     assert not errors, errors[:20]
-    assert code == 0, server.lines[-20:]
+    assert code == 0, server.log[-20:]

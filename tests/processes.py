@@ -1,0 +1,144 @@
+"""A server in a subprocess, started and stopped the same way by every test that needs one.
+
+The tests read what the server logs: that it listens and on which port, what it did since.
+A thread keeps draining its output for as long as it runs, or the server would block on a
+full pipe in the middle of a test. Every wait is bounded, so a server that hangs fails the
+test with its log instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+#: What rawchat logs once its socket is bound.
+LISTENING = r"rawchat listening on (?P<scheme>https?)://(?P<host>[^\s:]+):(?P<port>\d+)"
+RAWCHAT = (sys.executable, "-m", "rawchat")
+
+
+class ServerProcess:
+    """``python -m rawchat *args`` (or another `program`), running once `ready` is logged.
+
+    `ready` is the match of the `ready` pattern; its ``port`` group, if any, is `port`.
+    Used as a context manager, the process is killed on the way out if it still runs.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        program: Sequence[str] = RAWCHAT,
+        ready: str = LISTENING,
+        timeout: float = 20,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        own_group: bool = False,
+    ) -> None:
+        # A supervisor in its own process group can be killed together with its workers.
+        self.own_group = own_group
+        self.log: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.process = subprocess.Popen(
+            [*program, *args],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=own_group,
+        )
+        self._reader = threading.Thread(target=self._drain, name="server-output", daemon=True)
+        self._reader.start()
+        try:
+            self.ready = self.line_matching(ready, timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    @property
+    def port(self) -> int:
+        return int(self.ready["port"])
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.log.append(line.rstrip("\n"))
+            self._lines.put(self.log[-1])
+        self._lines.put(None)
+
+    def next_line(self, timeout: float = 20) -> str:
+        """The next line the server logs, waiting at most `timeout` seconds for it."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            silent = f"the server logged nothing for {timeout:.3g} s:\n{self.tail()}"
+            raise AssertionError(silent) from None
+        if line is None:
+            self._lines.put(None)  # so that a later call fails at once too
+            raise AssertionError(f"the server exited with {self.process.wait()}:\n{self.tail()}")
+        return line
+
+    def line_matching(self, pattern: str, timeout: float = 20) -> re.Match[str]:
+        """The first line from here on that matches `pattern`, within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(pattern, self.next_line(max(deadline - time.monotonic(), 0)))
+            if found:
+                return found
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log[-lines:])
+
+    def stop(self, sig: int | None = signal.SIGTERM, timeout: float = 20) -> int | None:
+        """Send `sig` (None if the test sent its own), wait up to `timeout` s, else kill.
+
+        Returns the exit code, or None if it had to be killed.
+        """
+        if sig is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+        code: int | None
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            self.process.wait()
+            code = None
+        self._reader.join(10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL, to the whole group if it has one; then reap it and close the pipe."""
+        if self.process.poll() is None:
+            self._kill()
+        self.stop(None)
+
+    def _kill(self) -> None:
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        else:
+            self.process.kill()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.kill()
