@@ -39,14 +39,17 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running
+# in this thread while it lives, and asyncio.run() refuses to start under it, so
+# the browser must be gone before any other test runs (`pytest tests` runs e2e first).
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     require_chromium()
     with sync_playwright() as instance:
         yield instance
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     browser = launch_chromium(playwright)
     yield browser
