@@ -8,7 +8,7 @@ Two limits guard every client's write buffer:
   server is offered more than it can deliver): every connection that publishes
   is held until enough of them have drained. Holding a publisher means reading
   nothing more from it (``pause_reading``) *and* handling none of the messages
-  already read: they wait, unparsed, until it is released. A flood is thus
+  already read: they wait, in order, for its turns. A flood is thus
   slowed at its source, the way TCP itself would, instead of being queued or
   dropped, and clients that read as fast as the others are never evicted. A
   few congested clients among many are slow readers, not overload: they hold
@@ -149,18 +149,17 @@ class Backpressure:
             timer.cancel()
             self.congested[box] = call_later(timeout, too_slow, box)
 
-    def hold(self, publisher: Publisher) -> bool:
+    def hold(self, publisher: Publisher) -> None:
         """Called after a connection published: hold it while the fan-out is behind."""
         overloaded = bool(self.congested) and self.behind()
         if not (overloaded or self.hub.pressed):
-            return False
+            return
         if overloaded:
             self._overloaded = True
         if publisher not in self._held:
             publisher.hold()
             self._held[publisher] = None
             self.holds += 1
-        return True
 
     def forget(self, publisher: Publisher) -> None:
         if self._held.pop(publisher, None) is None and publisher in self._turns:

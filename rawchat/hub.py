@@ -193,7 +193,7 @@ class Hub:
         frames_out = bytes_out = 0
         for box in dirty:
             frames = box.frames
-            if frames is None:  # written early, evicted or closed since it was queued
+            if frames is None:  # evicted or closed since it was queued
                 continue
             box.frames = None
             if box.owed > box.peak:
