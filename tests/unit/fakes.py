@@ -8,12 +8,26 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+import h11
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import Event, Request
 
 from rawchat.config import Config
 from rawchat.connection import Connection
 from rawchat.server import ServerState
+
+
+def read_body(client: h11.Connection) -> bytes:
+    """The body of the response whose head ``client`` (h11 as the client) just returned."""
+    body = b""
+    while True:
+        event = client.next_event()
+        if isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return body
+        else:
+            raise AssertionError(f"truncated or malformed response: {event!r}")
 
 
 class FakeTransport(asyncio.Transport):

@@ -41,7 +41,7 @@ from wsproto.utilities import generate_accept_token
 
 from rawchat.connection import Connection
 from rawchat.server import ServerState
-from tests.unit.fakes import Client, FakeLoop, FakeTransport, connect, make_state
+from tests.unit.fakes import Client, FakeLoop, FakeTransport, connect, make_state, read_body
 
 #: Planted outside the static root (and in a dot-file inside it): must never be served.
 SECRET = b"fuzz-canary-5e0f1d7c9a"
@@ -518,16 +518,7 @@ def parse_responses(data: bytes) -> tuple[list[Response], bytes]:
             out.append(Response(101, list(head.headers), b""))
             assert client.our_state is h11.SWITCHED_PROTOCOL
             return out, client.trailing_data[0]
-        body = b""
-        while True:
-            event = client.next_event()
-            if isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
-                raise AssertionError(f"truncated or malformed response: {event!r}")
-        out.append(Response(head.status_code, list(head.headers), body))
+        out.append(Response(head.status_code, list(head.headers), read_body(client)))
         if client.our_state is h11.DONE and client.their_state is h11.DONE:
             client.start_next_cycle()
         else:

@@ -9,7 +9,7 @@ import h11
 import pytest
 
 from rawchat.connection import Connection
-from tests.unit.fakes import FakeTransport, connect, make_state
+from tests.unit.fakes import FakeTransport, connect, make_state, read_body
 
 KEY = base64.b64encode(b"0123456789abcdef")
 
@@ -41,14 +41,7 @@ def responses(
         assert isinstance(head, (h11.Response, h11.InformationalResponse)), head
         body = b""
         if isinstance(head, h11.Response):
-            while True:
-                event = client.next_event()
-                if isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:
-                    raise AssertionError(event)
+            body = read_body(client)
             if client.our_state is h11.DONE and client.their_state is h11.DONE:
                 client.start_next_cycle()
         out.append((head, body))
