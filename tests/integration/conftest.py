@@ -14,6 +14,7 @@ import pytest
 
 from rawchat.config import Config
 from rawchat.server import Server
+from tests.unit.fakes import masked
 
 T = TypeVar("T")
 
@@ -78,20 +79,7 @@ class RawClient:
     def send_frame(
         self, opcode: int, payload: bytes, *, mask: bool = True, fin: bool = True
     ) -> None:
-        head = bytes([(0x80 if fin else 0) | opcode])
-        bit = 0x80 if mask else 0
-        n = len(payload)
-        if n < 126:
-            head += bytes([bit | n])
-        elif n < 65536:
-            head += bytes([bit | 126]) + struct.pack("!H", n)
-        else:
-            head += bytes([bit | 127]) + struct.pack("!Q", n)
-        if mask:
-            key = os.urandom(4)
-            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-            head += key
-        self.writer.write(head + payload)
+        self.writer.write(masked(opcode, payload, fin=fin, mask=mask))
 
     async def read_frame(self) -> tuple[int, bytes]:
         first, second = await self.reader.readexactly(2)

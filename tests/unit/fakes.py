@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,23 @@ from wsproto.events import Event, Request
 from rawchat.config import Config
 from rawchat.connection import Connection
 from rawchat.server import ServerState
+
+
+def masked(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True) -> bytes:
+    """A client frame built by hand, for what a well-behaved library refuses to send."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    length = len(payload)
+    bit = 0x80 if mask else 0
+    if length < 126:
+        head += bytes([bit | length])
+    elif length < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", length)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", length)
+    if not mask:
+        return head + payload
+    key = b"\x01\x02\x03\x04"
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 def read_body(client: h11.Connection) -> bytes:

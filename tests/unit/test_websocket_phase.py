@@ -7,24 +7,7 @@ import struct
 import pytest
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
-from tests.unit.fakes import Client, make_state
-
-
-def masked(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True) -> bytes:
-    """A client frame built by hand, for what a well-behaved library refuses to send."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    length = len(payload)
-    bit = 0x80 if mask else 0
-    if length < 126:
-        head += bytes([bit | length])
-    elif length < 65536:
-        head += bytes([bit | 126]) + struct.pack("!H", length)
-    else:
-        head += bytes([bit | 127]) + struct.pack("!Q", length)
-    if not mask:
-        return head + payload
-    key = b"\x01\x02\x03\x04"
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+from tests.unit.fakes import Client, make_state, masked
 
 
 def closes(client: Client) -> list[CloseConnection]:
