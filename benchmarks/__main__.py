@@ -183,8 +183,14 @@ def add_scraped(server: ServerProcess, result: report.Result) -> None:
     for name, key in SCRAPED.items():
         if name in samples:
             result.metrics[key] = int(samples[name])
-    evicted = sum(v for k, v in samples.items() if k.startswith("rawchat_evictions_total"))
-    result.metrics["server_evictions_total"] = int(evicted)
+    # rawchat_evictions_total{reason="slow_timeout"} -> {"slow_timeout": n}
+    by_reason = {
+        name.partition('reason="')[2].rstrip('"}'): int(value)
+        for name, value in samples.items()
+        if name.startswith("rawchat_evictions_total{") and value
+    }
+    result.metrics["server_evictions_total"] = sum(by_reason.values())
+    result.metrics["server_evictions"] = by_reason
 
 
 async def run_self_managed(
