@@ -1,4 +1,4 @@
-"""One client connection: an asyncio.Protocol with an HTTP phase and a WebSocket phase.
+"""One client connection: an asyncio protocol with an HTTP phase and a WebSocket phase.
 
 The HTTP phase is driven by h11: static files, error replies, and the opening
 handshake. When a valid upgrade arrives, the 101 goes out through h11, and
@@ -46,8 +46,11 @@ _HTTP, _WEBSOCKET, _CLOSED = 0, 1, 2
 #: Bytes handed to h11 at a time (see _received).
 _HEAD_SLICE = 1024
 
+#: Bytes taken off a socket per read (see Connection.get_buffer).
+READ_SIZE = 16 * 1024
 
-class Connection(asyncio.Protocol):
+
+class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "state",
         "transport",
@@ -133,6 +136,18 @@ class Connection(asyncio.Protocol):
         )
         self._set_timer(self.state.config.handshake_timeout, self._http_timeout)
         self.state.connections.add(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # rawchat, not the event loop, decides how much one read takes off the
+        # socket (uvloop reads up to 256 KiB). Flow control stops a publisher
+        # at the next message; what that read brought but no message used yet
+        # waits in memory, and what the client sent since stays in TCP, where
+        # it slows the client down. One buffer serves every connection: each
+        # read is copied out of it before the next one.
+        return self.state.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.state.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -480,6 +495,11 @@ class Connection(asyncio.Protocol):
                 return
 
     # -- flow control (rawchat.flow.Publisher) -----------------------------------------
+
+    @property
+    def held(self) -> bool:
+        """Whether flow control holds this client: rawchat is not reading what it sent."""
+        return self._held
 
     def hold(self) -> None:
         self._held = True

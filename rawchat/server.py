@@ -15,7 +15,7 @@ from wsproto.frame_protocol import CloseReason
 from rawchat import frames, http
 from rawchat.chat import Chat
 from rawchat.config import Config
-from rawchat.connection import Connection
+from rawchat.connection import READ_SIZE, Connection
 from rawchat.flow import Backpressure
 from rawchat.hub import Hub, Outbox
 from rawchat.limits import Occupancy, PerAddress
@@ -57,6 +57,8 @@ class ServerState:
         self.broker: Broker | None = None
         #: Set during shutdown; resolved when the last connection is gone.
         self.drained: asyncio.Future[None] | None = None
+        #: Where every connection's reads land (see Connection.get_buffer).
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
 
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -104,6 +106,12 @@ class Keepalive:
         now = self.state.loop.time()
         for conn in list(self.state.websockets):
             if 0.0 < conn.ping_deadline <= now:
+                if conn.held:
+                    # Flow control stopped reading this client: its pong may
+                    # be waiting behind its messages. It gets a full timeout
+                    # more, counted again until rawchat reads from it again.
+                    conn.ping_deadline = now + self.state.config.ping_timeout
+                    continue
                 log.debug("%s: no pong in time", conn.peer)
                 conn.close(CloseReason.INTERNAL_ERROR, "ping timeout")
 

@@ -156,6 +156,23 @@ def test_keepalive_pings_and_closes_a_client_that_never_answers() -> None:
     assert closes(alive) == []
 
 
+def test_keepalive_waits_for_a_client_it_holds_and_times_it_out_once_it_reads() -> None:
+    from rawchat.server import Keepalive
+
+    state, loop = make_state(ping_interval=20.0, ping_timeout=10.0)
+    Keepalive(state).start()
+    held = Client(state, loop)
+    loop.advance(20.0)
+    held.conn.hold()  # flow control reads nothing from it: its pong cannot arrive
+    loop.advance(30.0)  # a deadline passes, and the next ping's too
+    held.receive()
+    assert closes(held) == []
+    assert not held.conn.take_turn()  # released, and reading again: now silence counts
+    loop.advance(40.0)
+    held.receive()
+    assert [c.code for c in closes(held)] == [1011]
+
+
 def test_an_idle_client_holds_no_parser_between_pongs() -> None:
     state, loop = make_state()
     a, b = Client(state, loop), Client(state, loop)
