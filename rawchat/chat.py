@@ -18,12 +18,15 @@ import itertools
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from rawchat import frames
 from rawchat import messages as m
 from rawchat.hub import Hub, Outbox
+
+#: A message kept in history before any v1 client needed its JSON: (id, ts, nick, text).
+Raw = tuple[int, float, str, str]
 
 #: Empty rooms (and their history) kept for clients that come back.
 MAX_IDLE_ROOMS = 1024
@@ -97,8 +100,10 @@ class Room:
         #: The fan-out targets, one set per representation.
         self.v1: set[Outbox] = set()
         self.plain: set[Outbox] = set()
-        #: The last messages, already encoded as v1 JSON (without any cid).
-        self.history: deque[str] = deque(maxlen=history)
+        #: The last messages: v1 JSON (without any cid) when some v1 member
+        #: needed it as it went by, else (id, ts, nick, text), encoded when a
+        #: v1 client asks (a room of plain clients encodes no JSON).
+        self.history: deque[str | Raw] = deque(maxlen=history)
         self.last_id = 0
         #: Members on other nodes (with a broker): nick -> node.
         self.remote: dict[str, str] = {}
@@ -120,11 +125,15 @@ class Room:
         kept = len(self.history)
         first = self.last_id - kept + 1  # id of history[0] when kept > 0
         if after is None:
-            return list(self.history), first > 1
+            return self._encoded(self.history), first > 1
         if after > self.last_id or after < first - 1:
-            return list(self.history), True
+            return self._encoded(self.history), True
         missed = self.last_id - after
-        return list(itertools.islice(self.history, kept - missed, kept)), False
+        return self._encoded(itertools.islice(self.history, kept - missed, kept)), False
+
+    def _encoded(self, entries: Iterable[str | Raw]) -> list[str]:
+        name = self.name
+        return [e if isinstance(e, str) else m.encode_msg(name, *e) for e in entries]
 
 
 class Chat:
@@ -322,15 +331,19 @@ class Chat:
     ) -> None:
         """Record message ``id`` in the room's history and fan it out to its members."""
         room.last_id = id
-        encoded = m.encode_msg(room.name, id, ts, nick, text)
-        room.history.append(encoded)
-        if own is None or own[1] is None:
-            self.hub.broadcast(frames.message(encoded), room.v1)
+        if not room.v1:
+            # No JSON to send: the message is encoded if a v1 client joins for it.
+            room.history.append((id, ts, nick, text))
         else:
-            # The sender's copy carries its cid: that is its acknowledgement.
-            self.hub.broadcast(frames.message(encoded), room.v1, skip=own[0])
-            copy = m.encode_msg(room.name, id, ts, nick, text, own[1])
-            self.hub.send(own[0], frames.message(copy))
+            encoded = m.encode_msg(room.name, id, ts, nick, text)
+            room.history.append(encoded)
+            if own is None or own[1] is None:
+                self.hub.broadcast(frames.message(encoded), room.v1)
+            else:
+                # The sender's copy carries its cid: that is its acknowledgement.
+                self.hub.broadcast(frames.message(encoded), room.v1, skip=own[0])
+                copy = m.encode_msg(room.name, id, ts, nick, text, own[1])
+                self.hub.send(own[0], frames.message(copy))
         if room.plain:
             self.hub.broadcast(frames.message(text), room.plain)
 

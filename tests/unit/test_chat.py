@@ -179,6 +179,25 @@ def test_plain_and_v1_clients_share_the_lobby() -> None:
     ]
 
 
+def test_what_plain_clients_said_alone_reaches_a_v1_client_that_joins_later() -> None:
+    state, loop = make_state(history=3)
+    plain = Client(state, loop)
+    for i in range(4):
+        plain.send(TextMessage(f"p{i} \"quoted\" \u00e9"))
+    ann = hello(state, loop, "ann")
+    ann.say(type="msg", room="lobby", text="then ann")
+    bob = hello(state, loop, "bob")
+    history = bob.read()[1]["history"]
+    assert [(h["id"], h["text"]) for h in history] == [
+        (3, 'p2 "quoted" \u00e9'),
+        (4, 'p3 "quoted" \u00e9'),
+        (5, "then ann"),
+    ]
+    assert history[0]["nick"] == history[1]["nick"] and history[0]["nick"].startswith("guest-")
+    assert history[2]["nick"] == "ann"
+    assert all(h["type"] == "msg" and h["room"] == "lobby" for h in history)
+
+
 def test_garbage_gets_errors_then_a_rawchat_close_code() -> None:
     state, loop = make_state()
     bad = hello(state, loop, "bad")
