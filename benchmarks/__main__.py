@@ -24,6 +24,7 @@ from benchmarks.servers import (
     SERVER_MODULES,
     ServerProcess,
     ServerSpec,
+    evictions_by_reason,
     export_rawchat,
     raise_fd_limit,
 )
@@ -183,14 +184,10 @@ def add_scraped(server: ServerProcess, result: report.Result) -> None:
     for name, key in SCRAPED.items():
         if name in samples:
             result.metrics[key] = int(samples[name])
-    # rawchat_evictions_total{reason="slow_timeout"} -> {"slow_timeout": n}
-    by_reason = {
-        name.partition('reason="')[2].rstrip('"}'): int(value)
-        for name, value in samples.items()
-        if name.startswith("rawchat_evictions_total{") and value
-    }
-    result.metrics["server_evictions_total"] = sum(by_reason.values())
-    result.metrics["server_evictions"] = by_reason
+    if "server_evictions" not in result.metrics:  # a run that read them itself knows better
+        by_reason = evictions_by_reason(samples)
+        result.metrics["server_evictions_total"] = sum(by_reason.values())
+        result.metrics["server_evictions"] = by_reason
 
 
 async def run_self_managed(

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.client import BenchClient, RunState, Sender, close_all, connect_many
-from benchmarks.servers import ServerProcess, machine_busy_seconds, unread_bytes
+from benchmarks.servers import (
+    ServerProcess,
+    evictions_by_reason,
+    machine_busy_seconds,
+    unread_bytes,
+)
 
 #: Share of its core above which the load tool counts as saturated.
 SATURATED = 0.9
@@ -363,6 +368,10 @@ class Rig:
         finally:
             offer.cancel()
             await self.status.stop()
+        # rawchat's evictions so far, read before the percentiles below keep
+        # this process from reading for seconds: a server still sending then
+        # rightly evicts clients that stopped reading, but that is the tool's doing.
+        scraped = self.server.scrape_metrics()
         wall = b.at - a.at
         sent = b.sent - a.sent
         delivered = b.delivered - a.delivered
@@ -400,6 +409,10 @@ class Rig:
             "tool_saturated": tool_share >= SATURATED or tool_behind,
             "other_cpu_pct": other_cpu_pct(a, b),
         }
+        if scraped is not None:
+            evicted = evictions_by_reason(scraped)
+            metrics["server_evictions_total"] = sum(evicted.values())
+            metrics["server_evictions"] = evicted
         if self.server.redis is not None:
             metrics["broker_cpu_pct"] = round(100 * (b.extra_cpu - a.extra_cpu) / wall, 1)
         return metrics

@@ -290,6 +290,15 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / _CLK_TCK
 
 
+def evictions_by_reason(samples: dict[str, float]) -> dict[str, int]:
+    """``rawchat_evictions_total{reason="slow_timeout"} 3`` -> ``{"slow_timeout": 3}``."""
+    return {
+        name.partition('reason="')[2].rstrip('"}'): int(value)
+        for name, value in samples.items()
+        if name.startswith("rawchat_evictions_total{") and value
+    }
+
+
 def _socket_inodes(pid: int) -> set[str]:
     inodes: set[str] = set()
     try:
