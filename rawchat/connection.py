@@ -49,6 +49,9 @@ _HEAD_SLICE = 1024
 #: Bytes taken off a socket per read (see Connection.get_buffer).
 READ_SIZE = 16 * 1024
 
+#: The kernel receive buffer of a client once flow control has held it (see hold).
+HELD_RECEIVE_BUFFER = 64 * 1024
+
 
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
@@ -74,6 +77,7 @@ class Connection(asyncio.BufferedProtocol):
         "_turn",
         "_parked",
         "_backlog",
+        "_fixed_window",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -112,6 +116,8 @@ class Connection(asyncio.BufferedProtocol):
         #: A hold stopped the handling of parsed frames still in wsproto's buffer.
         self._parked = False
         self._backlog: bytes | None = None
+        #: Its kernel receive buffer no longer grows (it was held once).
+        self._fixed_window = False
 
     @property
     def peer(self) -> str:
@@ -506,6 +512,9 @@ class Connection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is not None and transport.is_reading():
             transport.pause_reading()
+            if not self._fixed_window:
+                self._fixed_window = True
+                _fix_receive_buffer(transport, HELD_RECEIVE_BUFFER)
 
     def take_turn(self) -> bool:
         transport = self.transport
@@ -702,6 +711,26 @@ class Connection(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _fix_receive_buffer(transport: asyncio.Transport, size: int) -> None:
+    """Stop Linux from growing this socket's receive buffer, at about ``size`` bytes.
+
+    A held publisher is read in bursts, one message per turn, and Linux answers
+    bursts of reading by growing the buffer (autotuning, up to megabytes):
+    what the client sent waits there, and its messages are late by all of it.
+    Fixed, the client's own socket buffers fill sooner and its writes wait
+    instead. Linux doubles the size it is given: 64 KiB make 128 KiB, above
+    loopback's 64 KiB segments (a window smaller than one segment would
+    only reopen on a zero-window probe).
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except (OSError, AttributeError):  # not a TCP socket (tests), or refused
+        pass
 
 
 def _cap_kernel_buffer(transport: asyncio.Transport, size: int) -> None:

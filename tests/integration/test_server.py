@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
 from rawchat.config import KiB
+from rawchat.connection import HELD_RECEIVE_BUFFER
 from tests.integration.conftest import RawClient, run, serving, ws_url
 from tests.processes import ServerProcess
 
@@ -211,6 +213,12 @@ def test_a_flood_while_every_reader_is_behind_holds_the_sender_and_nobody_is_evi
                 # Not drain(): once held, the server reads nothing more from
                 # the sender, and drain() would wait for the readers.
                 await asyncio.sleep(0)
+            # Linux will not grow a held client's receive buffer any more
+            # (it doubles what it is given).
+            (held,) = [c for c in state.websockets if c.held]
+            assert held.transport is not None
+            sock = held.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * HELD_RECEIVE_BUFFER
             # The sender can go on writing; the server reads none of it now.
             for _ in range(200):
                 sender.send_frame(0x1, f"{sent:08d}".encode().ljust(size, b"."))
