@@ -50,6 +50,8 @@ _HEAD_SLICE = 1024
 READ_SIZE = 16 * 1024
 
 #: The kernel receive buffer of a client once flow control has held it (see hold).
+#: Linux makes it 128 KiB, above loopback's 64 KiB segments: a window smaller
+#: than one segment would reopen only on a zero-window probe.
 HELD_RECEIVE_BUFFER = 64 * 1024
 
 
@@ -376,9 +378,14 @@ class Connection(asyncio.BufferedProtocol):
         self.phase = _WEBSOCKET
         state = self.state
         transport.set_write_buffer_limits(high=state.config.pressure_mark)
-        # A quarter of --max-buffer, not the (smaller) pressure mark: room for a
-        # burst of large messages between two iterations.
-        _cap_kernel_buffer(transport, state.config.max_buffer // 4)
+        # What waits in the kernel's send buffer is invisible to
+        # get_write_buffer_size: left to grow (to megabytes), it would let a
+        # client that stopped reading cost far more than --max-buffer. A
+        # quarter of --max-buffer in all (Linux doubles the half asked), not
+        # the smaller pressure mark: room for a burst of large messages
+        # between two iterations.
+        sndbuf = max(state.config.max_buffer // 8, 16 * 1024)
+        _fix_kernel_buffer(transport, socket.SO_SNDBUF, sndbuf)
         self.outbox = Outbox(transport, self._evicted)
         state.websockets.add(self)
         state.occupancy.enter(self.address)
@@ -513,8 +520,12 @@ class Connection(asyncio.BufferedProtocol):
         if transport is not None and transport.is_reading():
             transport.pause_reading()
             if not self._fixed_window:
+                # A held client is read in bursts, a message per turn, and Linux
+                # answers bursts of reading by growing the receive buffer: what
+                # the client sent would wait there, its messages late by all of
+                # it. Fixed, its own buffers fill and its writes wait instead.
                 self._fixed_window = True
-                _fix_receive_buffer(transport, HELD_RECEIVE_BUFFER)
+                _fix_kernel_buffer(transport, socket.SO_RCVBUF, HELD_RECEIVE_BUFFER)
 
     def take_turn(self) -> bool:
         transport = self.transport
@@ -713,39 +724,16 @@ class Connection(asyncio.BufferedProtocol):
             self._timer = None
 
 
-def _fix_receive_buffer(transport: asyncio.Transport, size: int) -> None:
-    """Stop Linux from growing this socket's receive buffer, at about ``size`` bytes.
+def _fix_kernel_buffer(transport: asyncio.Transport, option: int, size: int) -> None:
+    """Fix one of the socket's kernel buffers (``SO_SNDBUF`` or ``SO_RCVBUF``) at ``size``.
 
-    A held publisher is read in bursts, one message per turn, and Linux answers
-    bursts of reading by growing the buffer (autotuning, up to megabytes):
-    what the client sent waits there, and its messages are late by all of it.
-    Fixed, the client's own socket buffers fill sooner and its writes wait
-    instead. Linux doubles the size it is given: 64 KiB make 128 KiB, above
-    loopback's 64 KiB segments (a window smaller than one segment would
-    only reopen on a zero-window probe).
+    Linux doubles what it is given and, once it is given a size, stops
+    growing that buffer on its own (autotuning, up to megabytes).
     """
     sock = transport.get_extra_info("socket")
     if sock is None:
         return
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-    except (OSError, AttributeError):  # not a TCP socket (tests), or refused
-        pass
-
-
-def _cap_kernel_buffer(transport: asyncio.Transport, size: int) -> None:
-    """Keep the kernel's send buffer for this socket near ``size`` bytes.
-
-    Linux grows a socket's send buffer up to several megabytes on its own, and
-    what sits there is invisible to ``get_write_buffer_size``: a client that
-    stopped reading could hold megabytes before rawchat noticed. Fixing the
-    size (the kernel doubles what it is given) makes --max-buffer the real
-    bound on what one client can cost.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(size // 2, 16 * 1024))
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
     except (OSError, AttributeError):  # not a TCP socket (tests), or refused
         pass
