@@ -107,7 +107,7 @@ class Hub:
         size = len(frame)
         mark = self.pressure_mark
         dirty = self._dirty
-        slow: list[Outbox] = []
+        slow: list[Outbox] | None = None  # made only for the rare eviction
         for box in recipients:
             if box is skip:
                 continue
@@ -115,6 +115,8 @@ class Hub:
             if frames is None:
                 owed = box.transport.get_write_buffer_size() + size
                 if owed > mark and self._overdue(box, owed):
+                    if slow is None:
+                        slow = []
                     slow.append(box)
                     continue
                 box.frames = [frame]
@@ -123,6 +125,8 @@ class Hub:
             else:
                 owed = box.owed + size
                 if owed > mark and self._overdue(box, owed):
+                    if slow is None:
+                        slow = []
                     slow.append(box)
                     continue
                 frames.append(frame)
@@ -130,7 +134,7 @@ class Hub:
         if dirty and not self._flush_pending:
             self._flush_pending = True
             self._schedule(self.flush)
-        if slow:
+        if slow is not None:
             # After the loop: evicting removes the client from the very
             # collections ``recipients`` may be iterating.
             for box in slow:
