@@ -49,10 +49,15 @@ _HEAD_SLICE = 1024
 #: Bytes taken off a socket per read (see Connection.get_buffer).
 READ_SIZE = 16 * 1024
 
+#: The largest TCP segment rawchat sends or accepts (see cap_segments).
+#: Ethernet's are 1448 bytes, so this only changes loopback, whose segments are
+#: 64 KiB otherwise. A 16 KiB message still goes in one segment.
+SEGMENT_CAP = 32_000
+
 #: The kernel receive buffer of a client once flow control has held it (see hold).
-#: Linux makes it 128 KiB, above loopback's 64 KiB segments: a window smaller
-#: than one segment would reopen only on a zero-window probe.
-HELD_RECEIVE_BUFFER = 64 * 1024
+#: Linux makes it 64 KiB: two segments of SEGMENT_CAP. A window that cannot
+#: take two segments reopens late, on a zero-window probe, stalling the client.
+HELD_RECEIVE_BUFFER = 32 * 1024
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -722,6 +727,20 @@ class Connection(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def cap_segments(listener: socket.socket) -> None:
+    """Have the clients ``listener`` accepts send segments of at most SEGMENT_CAP.
+
+    A client's segment size is agreed on in the handshake, so this is set on
+    the listening socket. What a held client has sent waits in its receive
+    buffer, every byte of it late; with loopback's 64 KiB segments that buffer
+    could not be smaller than 128 KiB without stalling (see HELD_RECEIVE_BUFFER).
+    """
+    try:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, SEGMENT_CAP)
+    except (OSError, AttributeError):  # no TCP_MAXSEG here, or refused: segments as they come
+        pass
 
 
 def _fix_kernel_buffer(transport: asyncio.Transport, option: int, size: int) -> None:

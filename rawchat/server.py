@@ -15,7 +15,7 @@ from wsproto.frame_protocol import CloseReason
 from rawchat import frames, http
 from rawchat.chat import Chat
 from rawchat.config import Config
-from rawchat.connection import READ_SIZE, Connection
+from rawchat.connection import READ_SIZE, Connection, cap_segments
 from rawchat.flow import Backpressure
 from rawchat.hub import Hub, Outbox
 from rawchat.limits import Occupancy, PerAddress
@@ -148,7 +148,11 @@ class Server:
             ssl=tls_context(self.config),
             ssl_handshake_timeout=self.config.handshake_timeout if self.config.certfile else None,
             reuse_port=self.config.reuse_port or None,
+            start_serving=False,
         )
+        for listener in self._server.sockets:
+            cap_segments(listener)  # before it listens: every client gets it
+        await self._server.start_serving()
         self._keepalive = Keepalive(state)
         self._keepalive.start()
 

@@ -12,7 +12,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from rawchat.config import KiB
-from rawchat.connection import HELD_RECEIVE_BUFFER
+from rawchat.connection import HELD_RECEIVE_BUFFER, SEGMENT_CAP
 from tests.integration.conftest import RawClient, run, serving, ws_url
 from tests.processes import ServerProcess
 
@@ -219,6 +219,13 @@ def test_a_flood_while_every_reader_is_behind_holds_the_sender_and_nobody_is_evi
             assert held.transport is not None
             sock = held.transport.get_extra_info("socket")
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * HELD_RECEIVE_BUFFER
+            # Small as it is, it takes two of the sender's segments (loopback's
+            # would be 64 KiB): the sender's window does not stall shut.
+            mss = sender.writer.get_extra_info("socket").getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_MAXSEG
+            )
+            assert mss <= SEGMENT_CAP
+            assert 2 * mss <= sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             # The sender can go on writing; the server reads none of it now.
             for _ in range(200):
                 sender.send_frame(0x1, f"{sent:08d}".encode().ljust(size, b"."))
