@@ -5,7 +5,8 @@ as it can. Most connections only count: every message in a run has the
 same size, so frames follow from the byte count (``count_aligned``) as long
 as every frame boundary holds a text frame's first byte. Sampled connections parse every frame
 and decode the probe (sender, sequence, send time) to measure latency and
-check order.
+check order. They time a message from its arrival in the socket, stamped by
+the kernel (see ``benchmarks.stamped``), not from when this process got to it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+from benchmarks import stamped
 from benchmarks.frames import (
     OP_CLOSE,
     OP_PING,
@@ -41,6 +43,9 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 NEVER = 1 << 62
 
+#: Sampled connections time messages from the kernel's arrival stamps.
+STAMPED = stamped.supported()
+
 
 @dataclass
 class RunState:
@@ -53,6 +58,9 @@ class RunState:
     window_start_ns: int = NEVER
     window_end_ns: int = NEVER
     latencies_ns: array[int] = field(default_factory=lambda: array("q"))
+    #: How long sampled reads waited in their socket for this process (every 8th read).
+    tool_delays_ns: array[int] = field(default_factory=lambda: array("q"))
+    sampled_reads: int = 0
     unexpected_frames: int = 0
     protocol_errors: int = 0
     close_codes: Counter[int] = field(default_factory=Counter)
@@ -113,7 +121,15 @@ class BenchClient(asyncio.Protocol):
                 reader.frames, reader.skip = counted
                 return
         if self.sampled:
-            self._now = time.monotonic_ns()
+            now = time.monotonic_ns()
+            arrived = self.arrived_ns
+            if arrived:
+                run = self.run
+                run.sampled_reads += 1
+                if run.sampled_reads & 7 == 0 and run.window_start_ns <= now < run.window_end_ns:
+                    run.tool_delays_ns.append(now - arrived)
+                now = arrived
+            self._now = now
         reader.feed(data)
         if reader.error is not None:
             self.run.protocol_errors += 1
@@ -171,6 +187,8 @@ class BenchClient(asyncio.Protocol):
     # --- frames -------------------------------------------------------------
 
     _now = 0
+    #: When the read being handled arrived in the socket (set by a StampedTransport).
+    arrived_ns = 0
 
     def _on_probe(self, head: bytes, length: int) -> None:
         run = self.run
@@ -314,9 +332,13 @@ async def open_client(
         sock.close()
         raise
     request = upgrade_request(host, port)
-    _, client = await loop.create_connection(
-        lambda: BenchClient(index, run, sampled, request), sock=sock
-    )
+    if sampled and STAMPED:
+        client = BenchClient(index, run, sampled, request)
+        stamped.StampedTransport(loop, sock, client)
+    else:
+        _, client = await loop.create_connection(
+            lambda: BenchClient(index, run, sampled, request), sock=sock
+        )
     try:
         async with asyncio.timeout(timeout):
             await client.upgraded

@@ -347,6 +347,7 @@ class Rig:
         """Offer load for warmup + duration seconds; measure the last ``duration``."""
         run = self.run
         run.latencies_ns = array("q")
+        run.tool_delays_ns = array("q")
         closed_before = sum(1 for c in self.clients if c.closed or c.close_code is not None)
         receivers = len(self.receivers())
         ref = [self.snapshot()]
@@ -396,6 +397,10 @@ class Rig:
             "delivery_ratio": round(delivered / expected, 4) if expected else None,
             **percentiles_ms(run.latencies_ns),
             "latency_samples": len(run.latencies_ns),
+            # How long sampled reads sat in their socket before the tool read
+            # them: not part of the latency above (timed from arrival).
+            **{f"tool_read_delay_{k}": v for k, v in percentiles_ms(run.tool_delays_ns).items()
+               if k in ("p50_ms", "p99_ms")},
             "undelivered_after_drain": pending,
             "closed_by_server": closed_after - closed_before,
             "tool_cpu_pct": round(100 * tool_share, 1),

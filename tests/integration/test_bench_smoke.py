@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from benchmarks.client import BenchClient, RunState
+from benchmarks.client import STAMPED, BenchClient, RunState
 from benchmarks.frames import (
     HANDSHAKE_ACCEPT,
     OP_PING,
@@ -21,6 +23,7 @@ from benchmarks.frames import (
 )
 from benchmarks.scenarios import fanout, load_for, workers
 from benchmarks.servers import ServerProcess, ServerSpec
+from benchmarks.stamped import StampedTransport
 
 
 class RecordingTransport:
@@ -76,6 +79,45 @@ def test_byte_counting_survives_pings_and_any_chunking() -> None:
                     assert client.checks[0].lost() == 0
 
     asyncio.run(main())
+
+
+def test_a_sampled_message_is_timed_from_its_arrival_not_from_when_the_tool_reads_it() -> None:
+    """A busy tool must not add its own delay to the latency it reports."""
+    if not STAMPED:
+        pytest.fail("this kernel does not stamp TCP reads (SO_TIMESTAMPNS)")
+    busy_ns = 200_000_000
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0))
+        client_sock = socket.create_connection(listener.getsockname())
+        server_sock, _ = listener.accept()
+        listener.close()
+        run = RunState(64, senders=1)
+        client = BenchClient(0, run, sampled=True, request=b"")
+        StampedTransport(loop, client_sock, client)
+        server_sock.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + HANDSHAKE_ACCEPT + b"\r\n\r\n"
+        )
+        await client.upgraded
+        run.open_window()
+        payload = ProbeEncoder(0, 64).payload(0, time.monotonic_ns())
+        server_sock.sendall(server_text_frame(payload))  # in the client's socket on return
+        # The tool is busy elsewhere while the message waits in the socket.
+        busy_until = time.monotonic_ns() + busy_ns
+        while time.monotonic_ns() < busy_until:
+            pass
+        async with asyncio.timeout(5):
+            while client.delivered < 1:
+                await asyncio.sleep(0)  # lets the loop read it
+        assert client.transport is not None
+        client.transport.abort()
+        server_sock.close()
+        return list(run.latencies_ns)
+
+    (latency,) = asyncio.run(main())
+    assert 0 < latency < busy_ns // 4
 
 
 def test_frame_reader_skips_large_payloads_without_buffering() -> None:
