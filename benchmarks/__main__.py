@@ -48,7 +48,7 @@ LOAD_FIELDS = [
     ("rate", float, "offered messages per second, all senders together"),
     ("duration", float, "measured seconds (idle: seconds held)"),
     ("warmup", float, "seconds of load before measuring"),
-    ("sample_every", int, "decode probes on every Nth connection (0: none)"),
+    ("sample_every", int, "decode probes on one connection in N, drawn at random (0: none)"),
     ("concurrency", int, "handshakes in flight while connecting"),
     ("start_rate", float, "fanout-max: first step, msg/s"),
     ("step_seconds", float, "fanout-max: seconds per step"),

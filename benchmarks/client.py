@@ -12,6 +12,7 @@ the kernel (see ``benchmarks.stamped``), not from when this process got to it.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from array import array
@@ -362,11 +363,21 @@ async def connect_many(
     deadline: float = 120.0,
     buffers: int | None = None,
 ) -> ConnectResult:
-    """Open ``count`` connections, ``concurrency`` handshakes in flight at a time."""
+    """Open ``count`` connections, ``concurrency`` handshakes in flight at a time.
+
+    One in ``sample_every`` is sampled, drawn at random (seeded, so the same
+    ones each run) among those without a special ``rcvbuf``. Not every Nth:
+    a server's write order can follow the order in which connections arrived
+    (rawchat's follows the addresses of its per-client objects, allocated in
+    that order), and a stride then samples one end of every broadcast.
+    """
     clients: list[BenchClient] = []
     errors: Counter[str] = Counter()
     next_index = first_index
     end_index = first_index + count
+    eligible = [i for i in range(first_index, end_index) if i not in rcvbuf_for]
+    wanted = min(len(eligible), -(-count // sample_every)) if sample_every > 0 else 0
+    sampled_ids = frozenset(random.Random(first_index).sample(eligible, wanted))
     started = time.perf_counter()
 
     async def worker() -> None:
@@ -374,7 +385,7 @@ async def connect_many(
         while next_index < end_index:
             i = next_index
             next_index += 1
-            sampled = sample_every > 0 and i % sample_every == 0
+            sampled = i in sampled_ids
             try:
                 client = await open_client(
                     host,

@@ -352,7 +352,7 @@ async def slow(server: ServerProcess, load: Load) -> Result:
     rig = Rig(server, load, f"slow {server.spec.label}")
     count = max(1, round(load.clients * load.slow_share))
     stride = load.clients // count
-    # Offset by one so the slow ones are neither sampled nor senders.
+    # Offset by one so the slow ones are not senders (nor sampled: see connect_many).
     slow_ids = frozenset(i * stride + stride // 2 + 1 for i in range(count))
     try:
         await rig.connect(rcvbuf_for=slow_ids, rcvbuf=load.rcvbuf)
