@@ -43,8 +43,11 @@ class Outbox:
 
     def __init__(self, transport: WriteTransport, on_evict: Callable[[], None]) -> None:
         self.transport = transport
-        #: Frames queued during this loop iteration; None when nothing is queued.
-        self.frames: list[bytes] | None = None
+        #: Frames queued during this loop iteration. The one list lives as long
+        #: as the client and is emptied at each flush: a list made for every
+        #: recipient of every message kept Python's collector busy (at 1,000
+        #: clients, a full collection every 130 messages, inside the fan-out).
+        self.frames: list[bytes] = []
         #: Bytes this client owes while frames are queued: transport buffer + queued frames.
         self.owed = 0
         #: Largest ``owed`` seen at a flush: the most this client ever had waiting.
@@ -112,14 +115,14 @@ class Hub:
             if box is skip:
                 continue
             frames = box.frames
-            if frames is None:
+            if not frames:
                 owed = box.transport.get_write_buffer_size() + size
                 if owed > mark and self._overdue(box, owed):
                     if slow is None:
                         slow = []
                     slow.append(box)
                     continue
-                box.frames = [frame]
+                frames.append(frame)
                 box.owed = owed
                 dirty.append(box)
             else:
@@ -163,7 +166,7 @@ class Hub:
 
     def evict(self, box: Outbox, reason: str) -> None:
         """Stop queueing to ``box`` and let its owner close it."""
-        box.frames = None
+        box.frames.clear()
         box.owed = 0
         self.evicted[reason] += 1
         box.on_evict()
@@ -175,18 +178,18 @@ class Hub:
 
     def drop(self, box: Outbox) -> None:
         """Forget what is queued for a client that is going away."""
-        box.frames = None
+        box.frames.clear()
 
     def take(self, box: Outbox) -> bytes:
         """Remove and return what is queued for ``box``, to write ahead of a close frame."""
         frames = box.frames
-        box.frames = None
         if not frames:
             return b""
         data = b"".join(frames)
         # The caller writes these: they count as sent.
         self.frames_out += len(frames)
         self.bytes_out += len(data)
+        frames.clear()
         return data
 
     def flush(self) -> None:
@@ -197,17 +200,15 @@ class Hub:
         frames_out = bytes_out = 0
         for box in dirty:
             frames = box.frames
-            if frames is None:  # evicted or closed since it was queued
+            if not frames:  # evicted or closed since it was queued
                 continue
-            box.frames = None
             if box.owed > box.peak:
                 self._new_peak(box, box.owed)
-            if len(frames) == 1:
-                data = frames[0]
-            else:
-                data = b"".join(frames)
+            count = len(frames)
+            data = frames[0] if count == 1 else b"".join(frames)
+            frames.clear()
             box.transport.write(data)
-            frames_out += len(frames)
+            frames_out += count
             bytes_out += len(data)
         self.frames_out += frames_out
         self.bytes_out += bytes_out
