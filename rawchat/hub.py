@@ -115,25 +115,18 @@ class Hub:
             if box is skip:
                 continue
             frames = box.frames
-            if not frames:
-                owed = box.transport.get_write_buffer_size() + size
-                if owed > mark and self._overdue(box, owed):
-                    if slow is None:
-                        slow = []
-                    slow.append(box)
-                    continue
-                frames.append(frame)
-                box.owed = owed
-                dirty.append(box)
-            else:
+            if frames:
                 owed = box.owed + size
-                if owed > mark and self._overdue(box, owed):
-                    if slow is None:
-                        slow = []
-                    slow.append(box)
-                    continue
-                frames.append(frame)
-                box.owed = owed
+            else:  # its first frame this iteration (a flush skips it if none follows)
+                owed = box.transport.get_write_buffer_size() + size
+                dirty.append(box)
+            if owed > mark and self._overdue(box, owed):
+                if slow is None:
+                    slow = []
+                slow.append(box)
+                continue
+            frames.append(frame)
+            box.owed = owed
         if dirty and not self._flush_pending:
             self._flush_pending = True
             self._schedule(self.flush)
