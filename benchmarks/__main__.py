@@ -24,7 +24,7 @@ from benchmarks.servers import (
     SERVER_MODULES,
     ServerProcess,
     ServerSpec,
-    evictions_by_reason,
+    eviction_metrics,
     export_rawchat,
     raise_fd_limit,
 )
@@ -185,9 +185,7 @@ def add_scraped(server: ServerProcess, result: report.Result) -> None:
         if name in samples:
             result.metrics[key] = int(samples[name])
     if "server_evictions" not in result.metrics:  # a run that read them itself knows better
-        by_reason = evictions_by_reason(samples)
-        result.metrics["server_evictions_total"] = sum(by_reason.values())
-        result.metrics["server_evictions"] = by_reason
+        result.metrics.update(eviction_metrics(samples))
 
 
 async def run_self_managed(

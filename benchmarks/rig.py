@@ -17,7 +17,7 @@ from typing import Any
 from benchmarks.client import BenchClient, RunState, Sender, close_all, connect_many
 from benchmarks.servers import (
     ServerProcess,
-    evictions_by_reason,
+    eviction_metrics,
     machine_busy_seconds,
     unread_bytes,
 )
@@ -415,9 +415,7 @@ class Rig:
             "other_cpu_pct": other_cpu_pct(a, b),
         }
         if scraped is not None:
-            evicted = evictions_by_reason(scraped)
-            metrics["server_evictions_total"] = sum(evicted.values())
-            metrics["server_evictions"] = evicted
+            metrics.update(eviction_metrics(scraped))
         if self.server.redis is not None:
             metrics["broker_cpu_pct"] = round(100 * (b.extra_cpu - a.extra_cpu) / wall, 1)
         return metrics

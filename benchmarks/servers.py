@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(rb"listening on http://[^\s:]+:(\d+)")
@@ -290,13 +291,15 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / _CLK_TCK
 
 
-def evictions_by_reason(samples: dict[str, float]) -> dict[str, int]:
-    """``rawchat_evictions_total{reason="slow_timeout"} 3`` -> ``{"slow_timeout": 3}``."""
-    return {
+def eviction_metrics(samples: dict[str, float]) -> dict[str, Any]:
+    """rawchat's evictions in a scrape, in all and by reason
+    (``rawchat_evictions_total{reason="slow_timeout"} 3`` -> ``{"slow_timeout": 3}``)."""
+    by_reason = {
         name.partition('reason="')[2].rstrip('"}'): int(value)
         for name, value in samples.items()
         if name.startswith("rawchat_evictions_total{") and value
     }
+    return {"server_evictions_total": sum(by_reason.values()), "server_evictions": by_reason}
 
 
 def _socket_inodes(pid: int) -> set[str]:
