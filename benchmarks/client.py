@@ -82,11 +82,10 @@ class RunState:
 class BenchClient(asyncio.Protocol):
     """A client connection: raw HTTP upgrade, then frames counted or sampled."""
 
-    def __init__(self, index: int, run: RunState, sampled: bool, request: bytes) -> None:
+    def __init__(self, index: int, run: RunState, sampled: bool) -> None:
         self.index = index
         self.run = run
         self.sampled = sampled
-        self._request = request
         self._head = bytearray()
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
@@ -109,7 +108,6 @@ class BenchClient(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without inheriting it.
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -329,16 +327,22 @@ async def open_client(
         sock.bind((source, 0))
         async with asyncio.timeout(timeout):
             await loop.sock_connect(sock, (host, port))
+            # Sent here, the same way for every connection, before either kind
+            # of transport exists: the two are set up in different numbers of
+            # loop turns, and a server that makes its per-client state at the
+            # upgrade (rawchat's outbox, whose address decides where the client
+            # comes in its write order) would otherwise see every sampled
+            # connection's request ahead of the others'.
+            await loop.sock_sendall(sock, upgrade_request(host, port))
     except BaseException:
         sock.close()
         raise
-    request = upgrade_request(host, port)
     if sampled and STAMPED:
-        client = BenchClient(index, run, sampled, request)
+        client = BenchClient(index, run, sampled)
         stamped.StampedTransport(loop, sock, client)
     else:
         _, client = await loop.create_connection(
-            lambda: BenchClient(index, run, sampled, request), sock=sock
+            lambda: BenchClient(index, run, sampled), sock=sock
         )
     try:
         async with asyncio.timeout(timeout):
@@ -369,7 +373,8 @@ async def connect_many(
     ones each run) among those without a special ``rcvbuf``. Not every Nth:
     a server's write order can follow the order in which connections arrived
     (rawchat's follows the addresses of its per-client objects, allocated in
-    that order), and a stride then samples one end of every broadcast.
+    that order), and a stride then samples one end of every broadcast. For
+    the same reason ``open_client`` upgrades every connection the same way.
     """
     clients: list[BenchClient] = []
     errors: Counter[str] = Counter()

@@ -59,7 +59,7 @@ def test_byte_counting_survives_pings_and_any_chunking() -> None:
         for chunk_size in (1, 7, 66, 1000, 4096):
             for sampled in (False, True):
                 transport = RecordingTransport()
-                client = BenchClient(0, run, sampled=sampled, request=b"")
+                client = BenchClient(0, run, sampled=sampled)
                 client.connection_made(cast(asyncio.Transport, transport))
                 client.data_received(
                     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
@@ -94,7 +94,7 @@ def test_a_sampled_message_is_timed_from_its_arrival_not_from_when_the_tool_read
         server_sock, _ = listener.accept()
         listener.close()
         run = RunState(64, senders=1)
-        client = BenchClient(0, run, sampled=True, request=b"")
+        client = BenchClient(0, run, sampled=True)
         StampedTransport(loop, client_sock, client)
         server_sock.sendall(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
