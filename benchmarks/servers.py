@@ -37,6 +37,7 @@ SERVER_MODULES = {
     "rawchat": "rawchat",
     "websockets": "benchmarks.peers.websockets_server",
     "aiohttp": "benchmarks.peers.aiohttp_server",
+    "floor": "benchmarks.peers.floor_server",
 }
 
 

@@ -132,7 +132,7 @@ def test_frame_reader_skips_large_payloads_without_buffering() -> None:
     assert seen == [16384] * 3 and reader.complete_frames == 3
 
 
-@pytest.mark.parametrize("server", ["websockets-asyncio", "rawchat-asyncio"])
+@pytest.mark.parametrize("server", ["websockets-asyncio", "rawchat-asyncio", "floor-asyncio"])
 def test_fanout_counts_every_delivery(server: str) -> None:
     clients, senders = 20, 2
     load = load_for(
