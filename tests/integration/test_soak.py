@@ -758,12 +758,15 @@ async def soak_rounds(server: SoakServer, ledger: Ledger) -> dict[str, Any]:
     await wait_for_fds(server, fds_start)
     report["fds_end"] = server.fds()
     report["rss_end_mib"] = rss_end = round(server.rss() / MiB, 1)
-    # Measured over six rounds of this shape, RSS after each round's goodbye went
-    # 47.4, 47.6, 51.2, 52.5, 52.6, 52.6 MiB: a few MiB of fragmentation that levels
-    # off. A leaked connection (its Connection, wsproto state, outbox and session)
-    # costs several KiB, so leaking every one of this round's thousands would show as
-    # tens of MiB. 12 MiB or 20 %, whichever is larger, tells the two apart.
-    assert rss_end <= rss_warm + max(12.0, 0.2 * rss_warm), report
+    # RSS is a coarse check: it catches what grows with traffic (a frame or message
+    # kept per recipient: this round writes millions of frames), not a leak per
+    # connection. Between the warm-up and the end, RSS grew by 0.8 to 13.8 MiB in
+    # eight runs (the same code, and code from two sessions earlier; a warm-up as
+    # long as the round did not narrow it): the allocator keeps what the busiest
+    # moment fragmented. Leaking every connection of the round, at the 4 to 5 KiB a
+    # live one costs, would be 15 to 20 MiB: inside that spread. Leaked connections
+    # are caught exactly instead, by the descriptors and the gauges checked above.
+    assert rss_end <= rss_warm + max(20.0, 0.4 * rss_warm), report
     return report
 
 
