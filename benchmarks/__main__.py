@@ -14,6 +14,7 @@ import asyncio
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +33,23 @@ from benchmarks.servers import (
 #: What ``--compare`` runs when no scenario is named (``make bench``): sized
 #: so the whole comparison of three servers stays under ten minutes on two
 #: cores. Overload comes after fanout-max, whose result it multiplies.
-COMPARE_DEFAULT = ["fanout", "fanout-max", "big", "idle", "connect", "slow", "overload"]
+COMPARE_DEFAULT = ["fanout", "fanout-max", "big", "idle", "connect", "slow", "overload", "scale"]
 COMPARE_OVERRIDES: dict[str, dict[str, Any]] = {
     "fanout-max": {"max_seconds": 50.0, "max_steps": 10},
     "slow": {"duration": 8.0, "warmup": 1.0},
     "overload": {"duration": 6.0},
     "big": {"duration": 6.0},
+    "scale": {"duration": 5.0, "warmup": 1.0},
     "idle": {"duration": 6.0},
 }
 DEFAULT_SERVERS = "rawchat,websockets,aiohttp"
-LOAD_FIELDS = [
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+LOAD_FIELDS: list[tuple[str, Callable[[str], Any], str]] = [
     ("clients", int, "connections to open"),
+    ("client_counts", _counts, "scale: client counts, comma-separated (100,1000,3000,10000)"),
     ("senders", int, "how many of them send"),
     ("size", int, "message size in bytes (at least 40)"),
     ("rate", float, "offered messages per second, all senders together"),

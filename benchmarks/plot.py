@@ -5,7 +5,8 @@ servers of that scenario ran with, and writes PNGs next to the results file:
 
 * ``latency.png``: p50/p90/p99 per server for fanout, big, slow and overload;
 * ``deliveries.png``: deliveries per second per server (fanout, fanout-max,
-  overload) and fanout-max's steps, delivered against offered.
+  overload) and fanout-max's steps, delivered against offered;
+* ``clients.png``: p50 and p99 against the number of clients (``scale``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ PERCENTILES = ["p50", "p90", "p99"]
 
 
 #: Parameters that differ between servers of one comparison, or only describe a run.
-_NOT_COMPARED = {"base_rate", "pinned", "rawchat_ref", "step_detail"}
+_NOT_COMPARED = {"base_rate", "pinned", "rawchat_ref", "step_detail", "point_detail"}
 
 
 def _load_key(record: dict[str, Any]) -> str:
@@ -135,6 +136,40 @@ def plot(path: Path, out_dir: Path) -> list[Path]:
     fig.savefig(target, dpi=110)
     plt.close(fig)
     written.append(target)
+
+    scaled = [s for s in servers if found.get(("scale", s), {}).get("params", {}).get(
+        "point_detail")]
+    if scaled:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        rate = None
+        any_behind = False
+        for server in scaled:
+            record = found[("scale", server)]
+            rate = record["params"].get("rate")
+            points = sorted(record["params"]["point_detail"], key=lambda p: p["clients"])
+            xs = [p["clients"] for p in points]
+            for key, style in (("p99_ms", "o-"), ("p50_ms", "o--")):
+                ax.plot(xs, [p[key] for p in points], style, color=colours[server],
+                        label=f"{server} {key[:3]}")
+            # Where a server fell behind, its latency is a queue that grows.
+            behind = [p for p in points if (p.get("delivery_ratio") or 0) < 0.99]
+            ax.plot([p["clients"] for p in behind], [p["p99_ms"] for p in behind], "kx",
+                    markersize=11, label="_behind")
+            any_behind = any_behind or bool(behind)
+        if any_behind:
+            ax.plot([], [], "kx", markersize=11, label="delivered < 99% of it")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("clients in the room")
+        ax.set_ylabel("latency, ms (log)")
+        ax.set_title(f"Latency against clients, {rate:g} messages/s to all")
+        ax.legend(fontsize="small")
+        ax.grid(True, which="major", alpha=0.3)
+        fig.tight_layout()
+        target = out_dir / "clients.png"
+        fig.savefig(target, dpi=110)
+        plt.close(fig)
+        written.append(target)
     return written
 
 

@@ -31,6 +31,8 @@ class Load:
     """The client-side parameters of a run (see ``python -m benchmarks SCENARIO -h``)."""
 
     clients: int = 1000
+    #: scale: the client counts it runs fanout at, one after another.
+    client_counts: tuple[int, ...] = (100, 1000, 3000, 10_000)
     senders: int = 10
     size: int = 64
     rate: float = 20.0

@@ -75,6 +75,45 @@ async def big(server: ServerProcess, load: Load) -> Result:
     return result
 
 
+#: What ``scale`` keeps of each client count's window.
+SCALE_KEYS = ("delivered_per_s", "delivery_ratio", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+              "server_cpu_pct", "tool_cpu_pct", "server_rss_mb", "closed_by_server",
+              "undelivered_after_drain")
+
+
+async def scale(server: ServerProcess, load: Load) -> Result:
+    """fanout at one rate for each client count in turn: latency against clients.
+
+    The offered messages per second stay the same, so deliveries grow with the
+    clients (20 msg/s: 2,000 deliveries/s at 100 clients, 200,000 at 10,000).
+    Each count gets fresh connections on the same server, and its own window.
+    """
+    notes: list[str] = []
+    points: list[dict[str, Any]] = []
+    for count in load.client_counts:
+        step = dataclasses.replace(load, clients=count)
+        rig = Rig(server, step, f"scale {server.spec.label} {count}")
+        try:
+            await rig.connect()
+            window = await rig.window(step.rate, step.warmup, step.duration)
+        except RuntimeError as exc:  # the descriptor limit, or a server that gave up
+            notes.append(f"{count} clients: {exc}")
+            break
+        finally:
+            await rig.close()
+        points.append({"clients": count, **{k: window.get(k) for k in SCALE_KEYS}})
+        _saturation_notes(window, notes)
+    metrics: dict[str, Any] = {}
+    for key in ("p50_ms", "p99_ms", "delivery_ratio", "server_cpu_pct"):
+        for point in points:
+            metrics[f"{key}_at_{point['clients']}"] = point[key]
+    params = _params(load, "client_counts", "senders", "size", "rate", "duration", "warmup",
+                     "sample_every")
+    result = Result("scale", server.spec.label, params, metrics, sorted(set(notes)))
+    result.params["point_detail"] = points
+    return result
+
+
 def _passes(m: dict[str, Any]) -> bool:
     ratio = m.get("delivery_ratio") or 0.0
     p99 = m.get("p99_ms")
@@ -564,6 +603,7 @@ SCENARIOS: dict[str, Scenario] = {
     "connect": connect,
     "overload": overload,
     "slow": slow,
+    "scale": scale,
 }
 
 #: Scenarios that start their own servers: ``python -m benchmarks NAME``, not in --compare.
@@ -585,6 +625,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # Below every server's sustainable rate, so only the stalled clients differ;
     # 4 KiB messages build a backlog of 200 KB/s for each client that stops.
     "slow": {"rate": 50.0, "size": 4096},
+    "scale": {},
     # Per configuration: fixed-rate window, then at most a minute of stepping.
     "workers": {"max_seconds": 60.0},
 }

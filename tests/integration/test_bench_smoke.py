@@ -21,7 +21,7 @@ from benchmarks.frames import (
     frame_header,
     server_frame_size,
 )
-from benchmarks.scenarios import fanout, load_for, workers
+from benchmarks.scenarios import fanout, load_for, scale, workers
 from benchmarks.servers import ServerProcess, ServerSpec
 from benchmarks.stamped import StampedTransport
 
@@ -163,6 +163,30 @@ def test_fanout_counts_every_delivery(server: str) -> None:
     assert m["sampled_connections"] == 7
     assert m["latency_samples"] > 0 and m["p50_ms"] is not None
     assert m["closed_by_server"] == 0
+
+
+def test_scale_runs_fanout_at_each_client_count_on_fresh_connections() -> None:
+    load = load_for(
+        "scale", client_counts=(5, 20), senders=2, rate=40.0, duration=0.5, warmup=0.2,
+        sample_every=2, status=False,
+    )
+
+    async def main() -> dict[str, Any]:
+        with ServerProcess(ServerSpec.parse("rawchat-asyncio")) as process:
+            try:
+                result = await scale(process, load)
+            finally:
+                process.remove_log()
+        return {"params": result.params, "metrics": result.metrics}
+
+    found = asyncio.run(main())
+    points = found["params"]["point_detail"]
+    assert [p["clients"] for p in points] == [5, 20]
+    for point in points:
+        assert point["undelivered_after_drain"] == 0 and point["closed_by_server"] == 0
+        assert point["delivered_per_s"] > 0 and point["p50_ms"] is not None
+    # The comparison table gets one row per count and metric.
+    assert found["metrics"]["p99_ms_at_20"] == points[1]["p99_ms"]
 
 
 def _server_processes() -> set[int]:
