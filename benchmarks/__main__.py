@@ -43,6 +43,8 @@ COMPARE_OVERRIDES: dict[str, dict[str, Any]] = {
     "idle": {"duration": 6.0},
 }
 DEFAULT_SERVERS = "rawchat,websockets,aiohttp"
+
+
 def _counts(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part.strip())
 

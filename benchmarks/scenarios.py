@@ -78,7 +78,7 @@ async def big(server: ServerProcess, load: Load) -> Result:
 #: What ``scale`` keeps of each client count's window.
 SCALE_KEYS = ("delivered_per_s", "delivery_ratio", "p50_ms", "p90_ms", "p99_ms", "max_ms",
               "server_cpu_pct", "tool_cpu_pct", "server_rss_mb", "closed_by_server",
-              "undelivered_after_drain")
+              "undelivered_after_drain", "other_cpu_pct")
 
 
 async def scale(server: ServerProcess, load: Load) -> Result:
@@ -102,14 +102,20 @@ async def scale(server: ServerProcess, load: Load) -> Result:
         finally:
             await rig.close()
         points.append({"clients": count, **{k: window.get(k) for k in SCALE_KEYS}})
-        _saturation_notes(window, notes)
+        if window.get("tool_saturated"):
+            notes.append(f"{count} clients: the load tool used its whole core (latency is "
+                         "still timed at arrival; a server it could not read from waited)")
+        if (window.get("server_cpu_pct") or 0) >= 100 * SATURATED:
+            notes.append(f"{count} clients: server CPU saturated (one core)")
+    busiest = max((p["other_cpu_pct"] or 0.0 for p in points), default=0.0)
+    _busy_note({"other_cpu_pct": busiest}, notes)
     metrics: dict[str, Any] = {}
     for key in ("p50_ms", "p99_ms", "delivery_ratio", "server_cpu_pct"):
         for point in points:
             metrics[f"{key}_at_{point['clients']}"] = point[key]
     params = _params(load, "client_counts", "senders", "size", "rate", "duration", "warmup",
                      "sample_every")
-    result = Result("scale", server.spec.label, params, metrics, sorted(set(notes)))
+    result = Result("scale", server.spec.label, params, metrics, notes)
     result.params["point_detail"] = points
     return result
 
