@@ -60,6 +60,10 @@ SEGMENT_CAP = 32_000
 HELD_RECEIVE_BUFFER = 32 * 1024
 
 
+def _gone() -> None:
+    """An outbox's eviction callback once its connection is gone."""
+
+
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "state",
@@ -224,6 +228,13 @@ class Connection(asyncio.BufferedProtocol):
         state.flow.forget(self)
         self._backlog = None
         state.forget(self)
+        # Nothing may point back at a connection once it is gone, so that it is
+        # freed when the last reference goes rather than by the garbage
+        # collector: under churn, closed connections waited for a full
+        # collection by the thousand (several MiB of them).
+        if self.outbox is not None:
+            self.outbox.on_evict = _gone
+        self._drop_parser()
 
     def pause_writing(self) -> None:
         # WebSocket phase: the buffer passed the pressure mark. Flow control
@@ -457,6 +468,21 @@ class Connection(asyncio.BufferedProtocol):
             ws = self.ws = WebSocket(ConnectionType.SERVER)
         return ws
 
+    def _drop_parser(self) -> None:
+        """Let go of wsproto's side of the connection, freed at once.
+
+        Its frame parser is a generator that refers back to its owner, so the
+        pair would otherwise wait for a full garbage collection; closing the
+        generator breaks that loop. (wsproto internals, as in _at_rest: if they
+        change, the collector frees the parser as before.)
+        """
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            try:
+                ws._proto._parse_more.close()
+            except AttributeError:
+                pass
+
     @staticmethod
     def _at_rest(ws: WebSocket) -> bool:
         """Whether ``ws`` holds nothing a fresh parser would not: no part of a frame or message.
@@ -498,7 +524,7 @@ class Connection(asyncio.BufferedProtocol):
                 if self._at_rest(ws):
                     # An idle client's only traffic: drop the parser until the
                     # next bytes (nothing else is left in this chunk).
-                    self.ws = None
+                    self._drop_parser()
                 bucket = self._bucket
                 if bucket is not None and bucket.full(self.state.loop.time()):
                     self._bucket = None  # a new one is made full too

@@ -469,6 +469,8 @@ def test_a_frame_claiming_2_to_the_62_bytes_gets_1009_once_max_message_is_passed
             assert conn.close_code is None
             raw.writer.write(b"a")
             assert await asyncio.wait_for(raw.close_code(), BOUND) == 1009
+            # Its parser, looked at once the connection is gone (which lets go of it).
+            decoder = conn.ws._proto._frame_decoder  # type: ignore[union-attr]
             # The server has half-closed: it goes on reading what follows (a MiB more of
             # the claimed length) and throws it away. Its hanging up once it has read our
             # EOF shows nowhere on our half-closed socket, so watch its connection table.
@@ -477,7 +479,6 @@ def test_a_frame_claiming_2_to_the_62_bytes_gets_1009_once_max_message_is_passed
                 raw.writer.write(b"a" * 16 * KiB)
             raw.writer.write_eof()
             await until(lambda: conn not in state.connections)
-            decoder = conn.ws._proto._frame_decoder  # type: ignore[union-attr]
             assert len(decoder.buffer) <= limit + 14, "wsproto was fed nothing after the 1009"
             raw.close()
             await raw.writer.wait_closed()

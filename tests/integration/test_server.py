@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import socket
+import struct
 
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
+from wsproto.frame_protocol import FrameProtocol
 
 from rawchat.config import KiB
-from rawchat.connection import HELD_RECEIVE_BUFFER, SEGMENT_CAP
+from rawchat.connection import HELD_RECEIVE_BUFFER, SEGMENT_CAP, Connection
 from tests.integration.conftest import RawClient, run, serving, ws_url
 from tests.processes import ServerProcess
 
@@ -254,6 +257,52 @@ def test_a_flood_while_every_reader_is_behind_holds_the_sender_and_nobody_is_evi
                 await client.writer.wait_closed()
 
     run(main, loop_kind)
+
+
+def test_a_closed_connection_is_freed_at_once_not_by_the_garbage_collector(
+    loop_kind: str,
+) -> None:
+    """Under churn, closed connections must not pile up until a full collection.
+
+    Each one holds several KiB (its parser, outbox, session); before this was
+    so, a soak round of thousands left megabytes for the collector.
+    """
+
+    def census() -> tuple[int, int]:
+        alive = gc.get_objects()
+        return (
+            sum(1 for o in alive if isinstance(o, Connection)),
+            sum(1 for o in alive if isinstance(o, FrameProtocol)),  # wsproto's parsers
+        )
+
+    async def main() -> tuple[int, int]:
+        async with serving() as server:
+            state = server.state
+            assert state is not None
+            gc.collect()
+            gc.disable()
+            try:
+                before = census()
+                for graceful in (True, False) * 5:
+                    client = await RawClient.connect(server.port)
+                    client.send_frame(0x1, b"hello")
+                    assert await client.read_frame() == (0x1, b"hello")
+                    if graceful:
+                        client.send_frame(0x8, struct.pack("!H", 1000))
+                        assert await client.close_code() == 1000
+                        client.close()
+                    else:
+                        client.writer.transport.abort()
+                    await client.writer.wait_closed()
+                if state.connections:
+                    state.drained = asyncio.get_running_loop().create_future()
+                    await asyncio.wait_for(state.drained, 5)
+                after = census()
+                return after[0] - before[0], after[1] - before[1]
+            finally:
+                gc.enable()
+
+    assert run(main, loop_kind) == (0, 0)
 
 
 def test_a_v1_chat_over_loopback() -> None:
