@@ -81,6 +81,16 @@ def server_frame_size(payload_len: int) -> int:
     return len(frame_header(OP_TEXT, payload_len, masked=False)) + payload_len
 
 
+def _key_stream(key: bytes, length: int) -> int:
+    """A 4-byte mask key repeated over ``length`` bytes, as one big integer."""
+    return int.from_bytes((key * (length // 4 + 1))[:length], "big")
+
+
+def apply_mask(data: bytes, key: bytes) -> bytes:
+    """Mask or unmask ``data`` with ``key`` (the same XOR both ways)."""
+    return (int.from_bytes(data, "big") ^ _key_stream(key, len(data))).to_bytes(len(data), "big")
+
+
 class Masker:
     """Masks payloads of one fixed length with :data:`MASK_KEY`.
 
@@ -90,8 +100,7 @@ class Masker:
 
     def __init__(self, length: int) -> None:
         self.length = length
-        stream = (MASK_KEY * (length // 4 + 1))[:length]
-        self._key_int = int.from_bytes(stream, "big")
+        self._key_int = _key_stream(MASK_KEY, length)
         self._header = frame_header(OP_TEXT, length, masked=True) + MASK_KEY
 
     def text_frame(self, payload: bytes) -> bytes:
@@ -100,9 +109,8 @@ class Masker:
 
 
 def mask_frame(opcode: int, payload: bytes) -> bytes:
-    """Any masked frame (control frames, odd sizes); slower than :class:`Masker`."""
-    stream = (MASK_KEY * (len(payload) // 4 + 1))[: len(payload)]
-    masked = bytes(a ^ b for a, b in zip(payload, stream, strict=True))
+    """Any masked frame (control frames, odd sizes); :class:`Masker` reuses its key stream."""
+    masked = apply_mask(payload, MASK_KEY)
     return frame_header(opcode, len(payload), masked=True) + MASK_KEY + masked
 
 

@@ -34,19 +34,20 @@ def _params(load: Load, *names: str) -> dict[str, Any]:
     return {n: getattr(load, n) for n in names}
 
 
-def _busy_note(metrics: dict[str, Any], notes: list[str]) -> None:
+def _busy_note(metrics: dict[str, Any], notes: list[str], where: str = "") -> None:
     busy = metrics.get("other_cpu_pct") or 0.0
     if busy >= BUSY_MACHINE_PCT:
-        notes.append(f"other processes used {busy:.0f}% of a core during the run: "
+        notes.append(f"{where}other processes used {busy:.0f}% of a core during the run: "
                      "the numbers are not reliable")
 
 
-def _saturation_notes(metrics: dict[str, Any], notes: list[str]) -> None:
-    _busy_note(metrics, notes)
+def _saturation_notes(metrics: dict[str, Any], notes: list[str], where: str = "") -> None:
+    """Say what was busy during a window; ``where`` names the window when a run has several."""
+    _busy_note(metrics, notes, where)
     if metrics.get("tool_saturated"):
-        notes.append(SATURATED_NOTE)
+        notes.append(where + SATURATED_NOTE)
     if (metrics.get("server_cpu_pct") or 0) >= 100 * SATURATED:
-        notes.append("server CPU saturated (one core)")
+        notes.append(f"{where}server CPU saturated (one core)")
 
 
 async def fanout(server: ServerProcess, load: Load) -> Result:
@@ -78,7 +79,7 @@ async def big(server: ServerProcess, load: Load) -> Result:
 #: What ``scale`` keeps of each client count's window.
 SCALE_KEYS = ("delivered_per_s", "delivery_ratio", "p50_ms", "p90_ms", "p99_ms", "max_ms",
               "server_cpu_pct", "tool_cpu_pct", "server_rss_mb", "closed_by_server",
-              "undelivered_after_drain", "other_cpu_pct")
+              "undelivered_after_drain")
 
 
 async def scale(server: ServerProcess, load: Load) -> Result:
@@ -102,13 +103,7 @@ async def scale(server: ServerProcess, load: Load) -> Result:
         finally:
             await rig.close()
         points.append({"clients": count, **{k: window.get(k) for k in SCALE_KEYS}})
-        if window.get("tool_saturated"):
-            notes.append(f"{count} clients: the load tool used its whole core (latency is "
-                         "still timed at arrival; a server it could not read from waited)")
-        if (window.get("server_cpu_pct") or 0) >= 100 * SATURATED:
-            notes.append(f"{count} clients: server CPU saturated (one core)")
-    busiest = max((p["other_cpu_pct"] or 0.0 for p in points), default=0.0)
-    _busy_note({"other_cpu_pct": busiest}, notes)
+        _saturation_notes(window, notes, f"{count} clients: ")
     metrics: dict[str, Any] = {}
     for key in ("p50_ms", "p99_ms", "delivery_ratio", "server_cpu_pct"):
         for point in points:

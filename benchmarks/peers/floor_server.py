@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from benchmarks.frames import HANDSHAKE_ACCEPT, OP_CLOSE, frame_header
+from benchmarks.frames import HANDSHAKE_ACCEPT, OP_CLOSE, apply_mask, frame_header
 from benchmarks.peers.common import announce, parse_args, run, wait_for_signal
 
 RESPONSE = (
@@ -72,11 +72,7 @@ class Floor(asyncio.Protocol):
             body = head + 4  # client frames are masked
             if end < body + length:
                 break
-            key = buf[head:body] * (length // 4 + 1)
-            payload = (
-                int.from_bytes(buf[body : body + length], "big")
-                ^ int.from_bytes(key[:length], "big")
-            ).to_bytes(length, "big")
+            payload = apply_mask(buf[body : body + length], buf[head:body])
             pos = body + length
             opcode = first & 0x0F
             if opcode == OP_CLOSE:
