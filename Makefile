@@ -1,5 +1,6 @@
 # rawchat: `make run` starts the server, `make test` runs lint, type checks and every test.
-# Both create the virtual environment and install what they need on first use.
+# Both create the virtual environment and install what they need on first use, exactly the
+# versions in the lock files (requirements/*.txt); `make upgrade` moves the locks forward.
 
 PYTHON ?= python3
 VENV := .venv
@@ -7,19 +8,37 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck pytest system-deps bench clean
+#: What `make run` needs, and what tests and benchmarks need besides (a superset of it).
+LOCK_RUN := requirements/run.txt
+LOCK_DEV := requirements/dev.txt
+
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+# Exactly what a lock says: every package pinned and checked against its hashes, and
+# nothing resolved afresh (--no-deps: the lock already lists every dependency).
+INSTALL_LOCKED := $(PIP) install --quiet --require-hashes --no-deps
+# rawchat itself, built with the locked setuptools rather than whatever is newest today.
+INSTALL_SELF := $(PIP) install --quiet --no-deps --no-build-isolation -e .
+# How both locks are made: hashes for every file of every pinned version, setuptools and
+# pip included, and no trace of this machine's own package indexes.
+COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --all-build-deps \
+	--strip-extras --no-emit-index-url --no-emit-find-links
+
+.PHONY: run test lint typecheck pytest system-deps bench lock upgrade clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall only when the project's metadata changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# Reinstall only when a lock or the project's metadata changes.
+$(VENV)/.installed: $(LOCK_RUN) pyproject.toml | $(BIN)/python
+	$(INSTALL_LOCKED) -r $(LOCK_RUN)
+	$(INSTALL_SELF)
+	$(PIP) check
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+$(VENV)/.installed-dev: $(LOCK_DEV) pyproject.toml | $(BIN)/python
+	$(INSTALL_LOCKED) -r $(LOCK_DEV)
+	$(INSTALL_SELF)
+	$(PIP) check
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
@@ -49,6 +68,24 @@ test: lint typecheck pytest
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks --compare
+
+# Re-resolve the locks after a change to the dependencies in pyproject.toml, keeping every
+# version that still fits. The run lock is resolved within the dev lock, so that the two
+# never disagree on a version.
+lock: $(VENV)/.installed-dev
+	$(COMPILE) $(LOCK_FLAGS) --extra dev --extra bench -o $(LOCK_DEV) pyproject.toml
+	$(COMPILE) $(LOCK_FLAGS) -c $(LOCK_DEV) -o $(LOCK_RUN) pyproject.toml
+
+# Move every pinned version to the newest release the ranges in pyproject.toml allow,
+# install exactly that (pip-sync also removes what the lock no longer lists), and run the
+# whole suite on it. Commit the new locks with whatever the upgrade needed.
+upgrade: LOCK_FLAGS := --upgrade
+upgrade: lock
+	$(BIN)/pip-sync --quiet $(LOCK_DEV)
+	$(INSTALL_SELF)
+	$(PIP) check
+	touch $(VENV)/.installed $(VENV)/.installed-dev
+	$(MAKE) test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache test-artifacts

@@ -41,9 +41,9 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from rawchat import frames
 from rawchat import messages as m
@@ -196,7 +196,7 @@ class Broker:
                 self._finish_loads()
                 self._fail_outgoing()
             finally:
-                closing = asyncio.ensure_future(pubsub.aclose())  # type: ignore[no-untyped-call]
+                closing = asyncio.ensure_future(pubsub.aclose())
                 await asyncio.wait({closing}, timeout=STOP_TIMEOUT)
                 if closing.done() and not closing.cancelled():
                     closing.exception()  # seen, whatever it was

@@ -24,6 +24,8 @@ from types import TracebackType
 #: What rawchat logs once its socket is bound.
 LISTENING = r"rawchat listening on (?P<scheme>https?)://(?P<host>[^\s:]+):(?P<port>\d+)"
 RAWCHAT = (sys.executable, "-m", "rawchat")
+#: A line of rawchat's log that shows a bug: an error (its own or the event loop's), a traceback.
+ERROR = re.compile(r" (ERROR|CRITICAL) |^Traceback \(most recent call last\)")
 
 
 class ServerProcess:
@@ -42,9 +44,13 @@ class ServerProcess:
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
         own_group: bool = False,
+        errors_allowed: bool = False,
     ) -> None:
         # A supervisor in its own process group can be killed together with its workers.
         self.own_group = own_group
+        #: A rawchat that logs an error or a traceback fails the test (see check_errors),
+        #: unless the test provokes one on purpose.
+        self.errors_allowed = errors_allowed or tuple(program) != RAWCHAT
         self.log: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         self.process = subprocess.Popen(
@@ -97,13 +103,25 @@ class ServerProcess:
             if found:
                 return found
 
+    def errors(self) -> list[str]:
+        """The lines where the server logged an error, or a traceback began."""
+        return [line for line in self.log if ERROR.search(line)]
+
+    def check_errors(self) -> None:
+        """Fail if rawchat logged an error: a bug, whatever the test sent it."""
+        if self.errors_allowed:
+            return
+        found = self.errors()
+        assert not found, "the server logged errors:\n" + "\n".join(found) + "\n" + self.tail()
+
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.log[-lines:])
 
     def stop(self, sig: int | None = signal.SIGTERM, timeout: float = 20) -> int | None:
         """Send `sig` (None if the test sent its own), wait up to `timeout` s, else kill.
 
-        Returns the exit code, or None if it had to be killed.
+        Returns the exit code, or None if it had to be killed. Fails if rawchat logged
+        an error (see check_errors).
         """
         if sig is not None and self.process.poll() is None:
             self.process.send_signal(sig)
@@ -117,6 +135,8 @@ class ServerProcess:
         self._reader.join(10)
         assert self.process.stdout is not None
         self.process.stdout.close()
+        if sig is not None:
+            self.check_errors()
         return code
 
     def kill(self) -> None:
@@ -142,3 +162,5 @@ class ServerProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.kill()
+        if kind is None:
+            self.check_errors()
