@@ -10,12 +10,19 @@ is paid once per client per iteration instead of once per message. On 1,000
 clients that is the difference between tens of thousands and millions of
 deliveries per second.
 
-Eviction rule: before queueing, the hub adds the frame's size to what the
-client already owes (the transport's write buffer, read once per iteration,
-plus the frames queued since). If that would pass ``max_buffer`` the client is
-evicted instead: the hub stops queueing to it and calls its ``on_evict``. A
-client that stops reading therefore costs at most ``max_buffer`` bytes, and the
-broadcast never waits for it.
+Eviction rule: before queueing, the hub looks at what the client already owes
+(the transport's write buffer, read once per iteration, plus the frames queued
+since). If that alone is past ``max_buffer`` the client is evicted instead: the
+hub stops queueing to it and calls its ``on_evict``. The frame being given is
+not counted against it: a client that keeps up owes nothing when a message
+arrives, however large the message (``--max-message`` may be above
+``--max-buffer``), so it is never evicted for the size of one message. A client
+that stops reading therefore costs at most ``max_buffer`` plus one message, and
+the broadcast never waits for it.
+
+A transport that refuses a write (uvloop raises on a closed handle, asyncio
+after ``write_eof``) costs only its own client: it is aborted, its outbox
+closed, and the flush goes on to the others.
 
 No I/O happens here beyond ``transport.write``; no awaits, tasks or per-recipient
 encoding happen anywhere in the fan-out.
@@ -23,6 +30,7 @@ encoding happen anywhere in the fan-out.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -35,11 +43,16 @@ class WriteTransport(Protocol):
 
     def get_write_buffer_size(self) -> int: ...
 
+    def abort(self) -> None: ...
+
+
+log = logging.getLogger("rawchat.hub")
+
 
 class Outbox:
     """What the hub knows about one recipient."""
 
-    __slots__ = ("transport", "frames", "owed", "peak", "congested", "on_evict")
+    __slots__ = ("transport", "frames", "owed", "peak", "closed", "on_evict")
 
     def __init__(self, transport: WriteTransport, on_evict: Callable[[], None]) -> None:
         self.transport = transport
@@ -52,8 +65,8 @@ class Outbox:
         self.owed = 0
         #: Largest ``owed`` seen at a flush: the most this client ever had waiting.
         self.peak = 0
-        #: Its transport is past the pressure mark (set by flow control).
-        self.congested = False
+        #: Evicted or closing: it takes no more frames.
+        self.closed = False
         self.on_evict = on_evict
 
 
@@ -66,8 +79,6 @@ class Hub:
         "_schedule",
         "_dirty",
         "_flush_pending",
-        "pressed",
-        "after_pressure",
         "evicted",
         "frames_out",
         "bytes_out",
@@ -81,17 +92,13 @@ class Hub:
         pressure_mark: int | None = None,
     ) -> None:
         self.max_buffer = max_buffer
-        #: Past this many bytes owed, a client's frames are written at once
-        #: and the hub reports pressure, so that senders can be held.
+        #: Below this many bytes owed, a broadcast looks no further: no
+        #: eviction or peak to consider (the common case, kept cheap).
         self.pressure_mark = min(pressure_mark or max_buffer, max_buffer)
         # loop.call_soon in the server; a plain list append in unit tests.
         self._schedule = schedule
         self._dirty: list[Outbox] = []
         self._flush_pending = False
-        #: Some client passed the pressure mark during this iteration.
-        self.pressed = False
-        #: Called at the end of a flush that follows pressure (flow control's hook).
-        self.after_pressure: Callable[[], None] | None = None
         #: Clients evicted as too slow since start, by reason.
         self.evicted: Counter[str] = Counter()
         #: Frames and bytes written, and the most any one client ever owed.
@@ -112,7 +119,7 @@ class Hub:
         dirty = self._dirty
         slow: list[Outbox] | None = None  # made only for the rare eviction
         for box in recipients:
-            if box is skip:
+            if box is skip or box.closed:
                 continue
             frames = box.frames
             if frames:
@@ -120,7 +127,7 @@ class Hub:
             else:  # its first frame this iteration (a flush skips it if none follows)
                 owed = box.transport.get_write_buffer_size() + size
                 dirty.append(box)
-            if owed > mark and self._overdue(box, owed):
+            if owed > mark and self._overdue(box, owed, size):
                 if slow is None:
                     slow = []
                 slow.append(box)
@@ -136,21 +143,17 @@ class Hub:
             for box in slow:
                 self.evict(box, "buffer_full")
 
-    def _overdue(self, box: Outbox, owed: int) -> bool:
+    def _overdue(self, box: Outbox, owed: int, size: int) -> bool:
         """The rare path of a broadcast: ``box`` would owe more than the pressure mark.
 
-        Past ``max_buffer`` the answer is eviction (True). Below it the frame
-        is queued as usual (False), and if the client was not known to be
-        behind, the hub records pressure: flow control then holds every
-        publisher until the flush, so that the rest of a large read is not fanned
-        out before the client's transport has had its say.
+        Evict it (True) only if what it owed *before* this frame is past
+        ``max_buffer``: a reader that keeps up has drained its last message
+        by the time the next one comes, whatever their sizes.
         """
-        if owed > self.max_buffer:
+        if owed - size > self.max_buffer:
             return True
         if owed > box.peak:
             self._new_peak(box, owed)
-        if not box.congested:
-            self.pressed = True
         return False
 
     def send(self, box: Outbox, frame: bytes) -> None:
@@ -159,6 +162,7 @@ class Hub:
 
     def evict(self, box: Outbox, reason: str) -> None:
         """Stop queueing to ``box`` and let its owner close it."""
+        box.closed = True
         box.frames.clear()
         box.owed = 0
         self.evicted[reason] += 1
@@ -170,7 +174,8 @@ class Hub:
             self.high_water = owed
 
     def drop(self, box: Outbox) -> None:
-        """Forget what is queued for a client that is going away."""
+        """Forget what is queued for a client that is going away; it takes no more."""
+        box.closed = True
         box.frames.clear()
 
     def take(self, box: Outbox) -> bytes:
@@ -200,12 +205,23 @@ class Hub:
             count = len(frames)
             data = frames[0] if count == 1 else b"".join(frames)
             frames.clear()
-            box.transport.write(data)
+            try:
+                box.transport.write(data)
+            except Exception as exc:  # any refusal costs this client only
+                self._write_failed(box, exc)
+                continue
             frames_out += count
             bytes_out += len(data)
         self.frames_out += frames_out
         self.bytes_out += bytes_out
-        if self.pressed:
-            self.pressed = False
-            if self.after_pressure is not None:
-                self.after_pressure()
+
+    def _write_failed(self, box: Outbox, exc: Exception) -> None:
+        """The transport refused a write: it is broken, so no close frame either."""
+        log.debug("write refused (%s): aborting that connection", exc)
+        box.closed = True
+        box.owed = 0
+        self.evicted["write_failed"] += 1
+        try:
+            box.transport.abort()
+        except Exception:  # already gone: nothing left to free
+            pass

@@ -65,7 +65,11 @@ class FakeTransport(asyncio.Transport):
         self.protocol: asyncio.Protocol | None = None
 
     def write(self, data: Any) -> None:
-        assert not self.closed, "write after close"
+        # As uvloop does on a closed handle, and asyncio after write_eof.
+        if self.closed:
+            raise RuntimeError("unable to perform operation: the handler is closed")
+        if self.eof_written:
+            raise RuntimeError("Cannot call write() after write_eof()")
         self.written += data
         self.writes += 1
 

@@ -79,7 +79,7 @@ def test_a_client_whose_buffer_is_full_is_evicted_and_the_others_still_receive()
     hub, scheduled = make_hub(max_buffer=100)
     slow, slow_t = make_outbox(evicted)
     fast, fast_t = make_outbox(evicted)
-    slow_t.buffered = 95  # the kernel took nothing for a while
+    slow_t.buffered = 101  # the kernel took nothing for a while: it owes more than max_buffer
     hub.broadcast(b"0123456789", [slow, fast])
     run(scheduled)
     assert evicted == [slow]
@@ -92,9 +92,9 @@ def test_queued_bytes_count_towards_the_limit_within_one_iteration() -> None:
     evicted: list[Outbox] = []
     hub, scheduled = make_hub(max_buffer=25)
     box, transport = make_outbox(evicted)
-    for _ in range(3):
+    for _ in range(4):
         hub.broadcast(b"0123456789", [box])
-    assert evicted == [box], "the third frame would make 30 bytes owed"
+    assert evicted == [box], "at the fourth frame it already owes 30 bytes"
     run(scheduled)
     assert transport.written == b"", "an evicted client's queued frames are dropped"
 
@@ -128,27 +128,58 @@ def test_drop_forgets_what_was_queued() -> None:
     assert transport.writes == 0
 
 
-def test_a_client_passing_the_pressure_mark_reports_pressure_until_the_flush() -> None:
-    scheduled: list[Callable[[], None]] = []
-    hub = Hub(1000, scheduled.append, pressure_mark=250)
-    box, transport = make_outbox()
-    relieved: list[bool] = []
-    hub.after_pressure = lambda: relieved.append(True)
-    for _ in range(3):
-        hub.broadcast(b"x" * 100, [box])
-    assert hub.pressed and transport.writes == 0, "still one write per iteration"
+def test_a_message_bigger_than_max_buffer_reaches_every_reader_that_keeps_up() -> None:
+    """What a client owed before a frame decides, not the frame's own size: with
+    --max-message above --max-buffer, a large message must not evict the room."""
+    evicted: list[Outbox] = []
+    hub, scheduled = make_hub(max_buffer=100)
+    clients = [make_outbox(evicted) for _ in range(3)]
+    hub.broadcast(b"m" * 500, [box for box, _ in clients])
     run(scheduled)
-    assert bytes(transport.written) == b"x" * 300, "nothing lost, nothing doubled"
-    assert not hub.pressed and relieved == [True]
+    assert evicted == [] and hub.evictions == 0
+    assert all(bytes(t.written) == b"m" * 500 for _, t in clients)
 
 
-def test_a_client_known_to_be_behind_reports_no_new_pressure() -> None:
-    scheduled: list[Callable[[], None]] = []
-    hub = Hub(1000, scheduled.append, pressure_mark=250)
-    box, transport = make_outbox()
-    transport.buffered = 400
-    box.congested = True  # flow control already knows (its transport paused writing)
-    hub.broadcast(b"x" * 100, [box])
-    assert not hub.pressed, "a slow reader holds no one back"
-    hub.broadcast(b"x" * 600, [box])
-    assert hub.evictions == 1, "but it is evicted at max_buffer"
+def test_a_client_still_owing_a_large_message_is_evicted_at_the_next_frame() -> None:
+    evicted: list[Outbox] = []
+    hub, scheduled = make_hub(max_buffer=100)
+    (slow, slow_t), (fast, fast_t) = make_outbox(evicted), make_outbox(evicted)
+    hub.broadcast(b"m" * 500, [slow, fast])
+    run(scheduled)
+    slow_t.buffered = 500  # it has not read the large message; fast has
+    hub.broadcast(b"next", [slow, fast])
+    run(scheduled)
+    assert evicted == [slow]
+    assert bytes(fast_t.written) == b"m" * 500 + b"next"
+
+
+def test_an_evicted_outbox_accepts_no_more_frames() -> None:
+    evicted: list[Outbox] = []
+    hub, scheduled = make_hub(max_buffer=100)
+    box, transport = make_outbox(evicted)
+    transport.buffered = 101
+    hub.broadcast(b"x", [box])
+    transport.buffered = 0  # drained since, but it is closing: nothing more is queued
+    hub.broadcast(b"y", [box])
+    hub.send(box, b"z")
+    assert box.frames == [] and box.closed
+    run(scheduled)
+    assert transport.writes == 0 and evicted == [box]
+
+
+def test_a_write_that_raises_costs_only_its_own_client() -> None:
+    """uvloop raises on a write to a closed handle, asyncio after write_eof: the
+    flush goes on to every other outbox, and the broken one is closed."""
+    evicted: list[Outbox] = []
+    hub, scheduled = make_hub()
+    clients = [make_outbox(evicted) for _ in range(3)]
+    broken, broken_t = clients[1]
+    broken_t.closed = True  # closed under the hub's feet: the next write raises
+    hub.broadcast(b"hello", [box for box, _ in clients])
+    run(scheduled)
+    assert [bytes(t.written) for _, t in clients] == [b"hello", b"", b"hello"]
+    assert broken.closed and broken_t.aborted
+    assert hub.evicted["write_failed"] == 1
+    hub.broadcast(b"again", [box for box, _ in clients])
+    run(scheduled)
+    assert [bytes(t.written) for _, t in clients] == [b"helloagain", b"", b"helloagain"]
