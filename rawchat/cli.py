@@ -135,7 +135,8 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=d.max_connections,
         metavar="N",
-        help="WebSocket connections open at once; more get 503 with Retry-After",
+        help="WebSocket connections open at once; more get 503 with Retry-After"
+        " (default: RLIMIT_NOFILE less 100)",
     )
     g.add_argument(
         "--max-connections-per-ip",
@@ -154,22 +155,30 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=d.rate,
         metavar="PER_SECOND",
-        help="messages per second one connection may send; more are dropped",
+        help="messages per second one connection may send; a faster one is slowed"
+        " (rawchat stops reading it), no message is dropped",
     )
     g.add_argument(
         "--burst",
         type=int,
         default=d.burst,
         metavar="N",
-        help="messages one connection may send at once; that many more dropped in a row"
-        " closes it (4002)",
+        help="messages one connection may send at once under --rate",
+    )
+    g.add_argument(
+        "--flood-timeout",
+        type=float,
+        default=d.flood_timeout,
+        metavar="SECONDS",
+        help="a connection slowed by --rate without a break this long is closed (4002)",
     )
     g.add_argument(
         "--handshake-rate",
         type=float,
         default=d.handshake_rate,
         metavar="PER_SECOND",
-        help="WebSocket handshakes per second from one address; more get 429",
+        help="WebSocket handshakes per second from one address; more get 429"
+        " (a NAT or proxy is one address: use behind --trust-proxy)",
     )
     g.add_argument(
         "--handshake-burst",
@@ -212,6 +221,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             trust_proxy=args.trust_proxy,
             rate=args.rate,
             burst=args.burst,
+            flood_timeout=args.flood_timeout,
             handshake_rate=args.handshake_rate,
             handshake_burst=args.handshake_burst,
             certfile=args.certfile,

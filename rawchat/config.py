@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
+import resource
 from pathlib import Path
 
 KiB = 1024
 MiB = 1024 * KiB
+
+
+#: File descriptors kept for everything but WebSockets: the listener, static
+#: files being served, HTTP requests before their upgrade, the broker, logs.
+FD_RESERVE = 100
+
+
+def default_max_connections() -> int:
+    """As many WebSockets as the process may open files, less a reserve.
+
+    A cap above RLIMIT_NOFILE means nothing (accept fails with EMFILE, and the
+    client gets a reset instead of an answer); at it, a client past the cap gets
+    a clean 503 with Retry-After. A fixed 10,000 refused honest load on a host
+    allowed more, and promised what a host allowed fewer could not keep.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    return max(soft - FD_RESERVE, 1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,16 +70,20 @@ class Config:
     #: Browser origins allowed besides the page's own; "*" allows any.
     allow_origins: tuple[str, ...] = ()
     #: WebSocket connections open at once; the next upgrade gets 503.
-    max_connections: int = 10_000
+    max_connections: int = dataclasses.field(default_factory=default_max_connections)
     #: WebSocket connections open at once from one client address (429 beyond).
-    max_connections_per_ip: int = 256
+    #: Off by default: a NAT, a proxy or a load generator is one address.
+    max_connections_per_ip: int = 0
     #: Count X-Forwarded-For / Forwarded as the client address (behind a proxy).
     trust_proxy: bool = False
-    #: Messages per second one connection may send, and the burst it may save up.
-    rate: float = 10.0
+    #: Messages per second one connection may send, and the burst it may save up:
+    #: past it the connection is slowed (shaped), never has messages dropped.
+    rate: float = 0.0
     burst: int = 20
+    #: A connection shaped without a break this long is closed with 4002 (0: never).
+    flood_timeout: float = 30.0
     #: Opening handshakes per second from one client address, and their burst.
-    handshake_rate: float = 20.0
+    handshake_rate: float = 0.0
     handshake_burst: int = 100
     # -- beyond one process ----------------------------------------------------
     #: redis://HOST:PORT/DB joining several rawchat processes into one chat.
@@ -98,6 +122,7 @@ class Config:
             "burst",
             "handshake_rate",
             "handshake_burst",
+            "flood_timeout",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative (0 means no limit)")

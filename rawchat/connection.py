@@ -71,7 +71,7 @@ class Connection(asyncio.BufferedProtocol):
         "address",
         "close_code",
         "_bucket",
-        "_drops",
+        "_shaped_since",
         "phase",
         "http",
         "_request",
@@ -98,10 +98,11 @@ class Connection(asyncio.BufferedProtocol):
         self.address = "-"
         #: The close code exchanged (sent or received first); None before any.
         self.close_code: int | None = None
-        #: Per-connection message rate limit, and messages dropped by it in a row.
-        #: The bucket is made on the first message, and dropped at a pong once full again.
+        #: Per-connection message rate (--rate), made on the first message and
+        #: dropped at a pong once full again; since when it has been shaped
+        #: without a spare token (loop time), 0 when it is within its rate.
         self._bucket: TokenBucket | None = None
-        self._drops = 0
+        self._shaped_since = 0.0
         self.phase = _HTTP
         self.http: h11.Connection | None = None
         self._request: h11.Request | None = None
@@ -612,16 +613,6 @@ class Connection(asyncio.BufferedProtocol):
             return
         state = self.state
         state.metrics.messages_in += 1
-        bucket = self._bucket
-        if bucket is None and state.config.rate > 0:
-            # Full, as one made at the upgrade would be by now.
-            bucket = self._bucket = TokenBucket(
-                state.config.rate, state.config.burst, state.loop.time()
-            )
-        if bucket is not None and not bucket.take(state.loop.time()):
-            self._rate_limited(session, data)
-            return
-        self._drops = 0
         if session.plain:
             payload = data if isinstance(data, str) else bytes(data)
             state.chat.plain_message(session, payload)
@@ -632,17 +623,39 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self.close(CloseReason.UNSUPPORTED_DATA, "rawchat.v1 speaks JSON text frames")
             return
-        if (state.hub.pressed or state.flow.congested) and not self._turn:
-            state.flow.hold(self)
+        if state.config.rate > 0:
+            self._spend_token()
 
-    def _rate_limited(self, session: Session, data: str | bytes | bytearray) -> None:
-        """Drop one message over the rate; close a client that keeps flooding."""
-        self.state.metrics.rate_limited += 1
-        self._drops += 1
-        if self._drops > self.state.config.burst:
+    def _spend_token(self) -> None:
+        """Count a handled message against --rate: past it, shape, never drop.
+
+        Reading stops until the next token (the messages already read wait in
+        order, what the client sends meanwhile waits in TCP). Only a client
+        shaped without a break for --flood-timeout is closed, with 4002.
+        """
+        state = self.state
+        now = state.loop.time()
+        bucket = self._bucket
+        if bucket is None:
+            # Full, as one made at the upgrade would be by now.
+            bucket = self._bucket = TokenBucket(state.config.rate, state.config.burst, now)
+        delay = bucket.spend(now)
+        if not delay:
+            self._shaped_since = 0.0
+            return
+        if not self._shaped_since:
+            self._shaped_since = now
+        elif state.config.flood_timeout and now - self._shaped_since > state.config.flood_timeout:
+            log.warning(
+                "%s: flooding past --rate for %.0f s, closing (4002)",
+                self.address,
+                now - self._shaped_since,
+                extra={"event": "flood", "client": self.address, "code": 4002},
+            )
             self.close(CloseCode.RATE_LIMITED, "too many messages")
-        elif not session.plain and isinstance(data, str):
-            self.state.chat.refuse(session, "rate_limited", "slow down: message dropped", data)
+            return
+        state.metrics.rate_limited += 1
+        state.flow.shape(self, delay)
 
     def _close_received(self, event: CloseConnection) -> None:
         ws = self.ws

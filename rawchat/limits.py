@@ -31,6 +31,17 @@ class TokenBucket:
         self.tokens = tokens
         return False
 
+    def spend(self, now: float) -> float:
+        """Spend one token, even one not there yet: the seconds until the next one is.
+
+        0 means the client is within its rate. A shaped client is given its next
+        turn only once a token is there, so its debt never passes one token.
+        """
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate) - 1.0
+        self.stamp = now
+        self.tokens = tokens
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def full(self, now: float) -> bool:
         return self.tokens + (now - self.stamp) * self.rate >= self.burst
 

@@ -34,9 +34,7 @@ class ServerState:
         self.config = config
         self.loop = loop
         self.hub = Hub(config.max_buffer, loop.call_soon, config.pressure_mark)
-        self.flow = Backpressure(
-            self.hub, loop, config.slow_timeout, clients=lambda: len(self.websockets)
-        )
+        self.flow = Backpressure(self.hub, loop, config.slow_timeout)
         self.chat = Chat(
             self.hub,
             history=config.history,

@@ -1,103 +1,97 @@
-"""Flow control: senders are held while a client is behind, and released when it catches up."""
+"""Flow control: a slow reader pays alone; a sender past --rate is slowed, never dropped."""
 
 from __future__ import annotations
 
-from wsproto.events import TextMessage
+from wsproto.events import CloseConnection, TextMessage
 
 from tests.unit.fakes import Client, make_state
 
 
-def test_a_sender_is_held_while_a_client_is_congested_and_released_when_it_drains() -> None:
+def texts(client: Client) -> list[str]:
+    return [e.data for e in client.events if isinstance(e, TextMessage)]
+
+
+def test_a_congested_client_holds_no_sender_back() -> None:
+    """Before, one congested client in four held every publisher (the fan-out
+    was judged behind): one slow reader froze the room."""
     state, loop = make_state(max_buffer=4096, slow_timeout=2.0)
-    sender, behind = Client(state, loop), Client(state, loop)
-    assert behind.conn.outbox is not None
+    sender, behind, reader = Client(state, loop), Client(state, loop), Client(state, loop)
     behind.conn.pause_writing()  # its transport passed the pressure mark
-    sender.send(TextMessage("hello"))
-    assert not sender.transport.reading, "the server stops reading the sender"
-    behind.conn.resume_writing()
-    loop.run_ready()
-    assert sender.transport.reading, "and resumes once nobody is behind"
-    assert state.hub.evictions == 0
+    for i in range(5):
+        sender.send(TextMessage(f"m{i}"))
+        reader.receive()
+    assert sender.transport.reading, "the sender is read as before"
+    assert texts(reader) == [f"m{i}" for i in range(5)]
+    assert state.flow.holds == 0
 
 
-def test_a_client_that_stays_congested_is_evicted_and_senders_go_on() -> None:
+def test_a_client_that_stays_congested_is_evicted_with_1008_and_the_others_go_on() -> None:
     state, loop = make_state(max_buffer=4096, slow_timeout=2.0)
-    sender, stuck = Client(state, loop), Client(state, loop)
+    sender, stuck, reader = Client(state, loop), Client(state, loop), Client(state, loop)
     stuck.conn.pause_writing()
-    sender.send(TextMessage("hello"))
-    assert not sender.transport.reading
     loop.advance(2.1)
     assert state.hub.evictions == 1
-    loop.run_ready()
-    assert sender.transport.reading
     stuck.receive()
-    assert stuck.events[-1].code == 1008  # type: ignore[attr-defined]
-
-
-def test_a_flood_within_one_iteration_holds_the_sender_until_the_flush() -> None:
-    state, loop = make_state(max_buffer=4096)  # pressure mark: 1024 bytes
-    sender, reader = Client(state, loop), Client(state, loop)
-    flood = b"".join(sender.ws.send(TextMessage("y" * 100)) for _ in range(20))
-    sender.send_raw(flood)  # one read, twenty messages
-    assert not sender.transport.reading, "held once the queues passed the pressure mark"
-    assert state.hub.high_water <= 1024 + 102, "the rest of the read waits, unhandled"
-    while loop.ready:  # the held messages are handled after the release, in order
-        reader.receive()
-    assert sender.transport.reading, "released by the flush, then reading again"
-    assert [e.data for e in reader.events if isinstance(e, TextMessage)] == ["y" * 100] * 20
-    assert state.hub.evictions == 0
-
-
-def test_bytes_read_while_held_are_handled_in_order_after_the_release() -> None:
-    state, loop = make_state(max_buffer=4096, slow_timeout=2.0)
-    sender, behind, reader = Client(state, loop), Client(state, loop), Client(state, loop)
-    behind.conn.pause_writing()  # one client of three: a third are behind
-    sender.send(TextMessage("first"))
-    assert not sender.transport.reading
-    sender.send(TextMessage("second"))  # a read already under way when the pause came
+    assert isinstance(stuck.events[-1], CloseConnection) and stuck.events[-1].code == 1008
+    sender.send(TextMessage("after"))
     reader.receive()
-    assert [e.data for e in reader.events if isinstance(e, TextMessage)] == ["first"]
-    behind.conn.resume_writing()
-    sender.send(TextMessage("third"))  # arrives before the held bytes were handled
-    while loop.ready:
+    assert texts(reader) == ["after"]
+
+
+def test_a_sender_past_its_rate_is_shaped_and_loses_nothing() -> None:
+    state, loop = make_state(rate=10.0, burst=3)
+    sender, reader = Client(state, loop), Client(state, loop)
+    burst = b"".join(sender.ws.send(TextMessage(f"{i:02d}")) for i in range(12))
+    sender.send_raw(burst)  # one read, twelve messages
+    reader.receive()
+    assert texts(reader) == ["00", "01", "02"], "the burst goes at once, then it waits"
+    assert not sender.transport.reading, "no more is read from it meanwhile"
+    for _ in range(20):  # a tenth of a second per message: bounded, on the fake clock
+        loop.advance(0.1)
         reader.receive()
-    texts = [e.data for e in reader.events if isinstance(e, TextMessage)]
-    assert texts == ["first", "second", "third"]
+    assert texts(reader) == [f"{i:02d}" for i in range(12)], "every message, in order"
+    assert sender.transport.reading, "reading again once it is within its rate"
+    assert sender.transport.closed is False
 
 
-def test_holds_again_and_again_keep_wsproto_fed_one_message_at_a_time() -> None:
-    state, loop = make_state(max_buffer=4096, max_message=256, rate=0)
-    sender, behind, reader = Client(state, loop), Client(state, loop), Client(state, loop)
-    behind.conn.pause_writing()
-    flood = (sender.ws.send(TextMessage(f"{i:03d}" + "y" * 97)) for i in range(100))
-    sender.send_raw(b"".join(flood))
-    step = 256 + 14  # what rawchat hands wsproto at a time: --max-message plus a header
-    for _ in range(20):  # a release, then behind again before the held sender catches up
-        behind.conn.resume_writing()
-        behind.conn.pause_writing()
-        loop.run_ready()
-        assert sender.conn.ws is not None
-        # wsproto's own buffer (read here because nothing else shows it): the
-        # frames a hold left in it are handled before it gets more.
-        assert len(sender.conn.ws._proto._frame_decoder.buffer) <= step
-    behind.conn.resume_writing()
-    while loop.ready:
-        reader.receive()
-    texts = [e.data for e in reader.events if isinstance(e, TextMessage)]
-    assert [t[:3] for t in texts] == [f"{i:03d}" for i in range(100)]
-
-
-def test_held_senders_take_turns_one_message_each() -> None:
-    state, loop = make_state(max_buffer=4096, rate=0)
-    alice, bob = Client(state, loop), Client(state, loop)
-    behind, reader = Client(state, loop), Client(state, loop)
-    behind.conn.pause_writing()  # a quarter of the clients: the fan-out is behind
+def test_shaped_senders_take_turns_one_message_each() -> None:
+    state, loop = make_state(rate=10.0, burst=1)
+    alice, bob, reader = Client(state, loop), Client(state, loop), Client(state, loop)
     for client, name in ((alice, "a"), (bob, "b")):
-        client.send_raw(b"".join(client.ws.send(TextMessage(f"{name}{i:02d}")) for i in range(20)))
-    behind.conn.resume_writing()
-    while loop.ready:
+        client.send_raw(b"".join(client.ws.send(TextMessage(f"{name}{i}")) for i in range(5)))
+    for _ in range(10):
+        loop.advance(0.1)
         reader.receive()
-    texts = [e.data for e in reader.events if isinstance(e, TextMessage)]
-    assert sorted(texts) == [f"{name}{i:02d}" for name in "ab" for i in range(20)]
-    assert "".join(t[0] for t in texts) == "ab" * 20, "in turns, not one sender's backlog first"
-    assert alice.transport.reading and bob.transport.reading, "both read again once caught up"
+    got = texts(reader)
+    assert sorted(got) == sorted(f"{n}{i}" for n in "ab" for i in range(5))
+    assert "".join(t[0] for t in got) == "ab" * 5, "in turns, not one sender's backlog first"
+
+
+def test_a_sender_shaped_without_a_break_past_flood_timeout_is_closed_4002() -> None:
+    state, loop = make_state(rate=10.0, burst=1, flood_timeout=1.0, max_message=256)
+    flooder, reader = Client(state, loop), Client(state, loop)
+    handled = 0
+    for _ in range(30):  # 0.1 s of fake time each: a client that never lets up
+        flooder.send_raw(b"".join(flooder.ws.send(TextMessage("f")) for _ in range(3)))
+        loop.advance(0.1)
+        reader.receive()
+        handled = len(texts(reader))
+        flooder.receive()
+        if any(isinstance(e, CloseConnection) for e in flooder.events):
+            break
+    closes = [e for e in flooder.events if isinstance(e, CloseConnection)]
+    assert [c.code for c in closes] == [4002]
+    assert 9 <= handled <= 13, "handled at its rate until then, not dropped"
+
+
+def test_a_sender_that_pauses_between_bursts_is_never_closed() -> None:
+    state, loop = make_state(rate=10.0, burst=5, flood_timeout=1.0)
+    sender, reader = Client(state, loop), Client(state, loop)
+    for round_ in range(5):
+        sender.send_raw(b"".join(sender.ws.send(TextMessage(f"{round_}")) for _ in range(8)))
+        loop.advance(2.0)  # the backlog is worked off, then it is quiet
+        loop.advance(2.0)
+        reader.receive()
+    assert len(texts(reader)) == 40
+    sender.receive()
+    assert not any(isinstance(e, CloseConnection) for e in sender.events)

@@ -217,7 +217,7 @@ def test_the_rate_bucket_is_made_by_a_message_and_dropped_once_full() -> None:
     state, loop = make_state(rate=1.0, burst=2)
     a, b = Client(state, loop), Client(state, loop)
     assert a.conn._bucket is None
-    for text in ("1", "2", "3"):  # the third is over the burst
+    for text in ("1", "2"):  # the whole burst
         a.send(TextMessage(text))
     assert a.conn._bucket is not None
     a.send(Pong(b""))
@@ -225,11 +225,13 @@ def test_the_rate_bucket_is_made_by_a_message_and_dropped_once_full() -> None:
     loop.advance(2.0)
     a.send(Pong(b""))
     assert a.conn._bucket is None
-    for text in ("4", "5", "6"):  # a full burst again, then one too many
+    for text in ("3", "4", "5"):  # a full burst again, then one more: it waits, not dropped
         a.send(TextMessage(text))
     b.receive()
-    assert texts(b) == ["1", "2", "4", "5"]
-    assert state.metrics.rate_limited == 2
+    assert texts(b) == ["1", "2", "3", "4"]
+    loop.advance(1.0)
+    b.receive()
+    assert texts(b) == ["1", "2", "3", "4", "5"]
 
 
 def test_the_server_can_close_a_client_it_never_parsed_for() -> None:
@@ -254,7 +256,7 @@ def test_a_client_that_does_not_answer_our_close_is_aborted() -> None:
 def test_a_slow_client_is_evicted_with_1008_and_aborted() -> None:
     state, loop = make_state(max_buffer=4096, close_timeout=2.0)
     fast, slow = Client(state, loop), Client(state, loop)
-    slow.transport.buffered = 4000  # it stopped reading
+    slow.transport.buffered = 4097  # it stopped reading: it owes more than max_buffer
     fast.send(TextMessage("y" * 200))
     fast.receive()
     assert texts(fast) == ["y" * 200]
