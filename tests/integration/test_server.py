@@ -6,7 +6,6 @@ import asyncio
 import gc
 import json
 import signal
-import socket
 import struct
 
 import pytest
@@ -15,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from wsproto.frame_protocol import FrameProtocol
 
 from rawchat.config import KiB
-from rawchat.connection import HELD_RECEIVE_BUFFER, SEGMENT_CAP, Connection
+from rawchat.connection import Connection
 from tests.integration.conftest import RawClient, run, serving, ws_url
 from tests.processes import ServerProcess
 
@@ -171,18 +170,29 @@ def test_a_client_that_never_reads_is_evicted_and_costs_at_most_max_buffer(loop_
             readers = [await websockets.connect(ws_url(server), max_size=None) for _ in range(3)]
             sender = readers[0]
 
-            async def read_all(ws: websockets.ClientConnection) -> int:
-                n = 0
-                while n < count:
+            received = [0] * len(readers)
+            progress = asyncio.Condition()
+
+            async def read_all(index: int, ws: websockets.ClientConnection) -> int:
+                while received[index] < count:
                     message = await ws.recv()
                     assert len(message) == size
-                    n += 1
-                return n
+                    async with progress:
+                        received[index] += 1
+                        progress.notify_all()
+                return received[index]
 
-            tasks = [asyncio.create_task(read_all(ws)) for ws in readers]
+            tasks = [asyncio.create_task(read_all(i, ws)) for i, ws in enumerate(readers)]
             payload = "z" * size
-            for _ in range(count):
+            for sent in range(count):
                 await sender.send(payload)
+                # Readers that keep up: the sender stays within a window of
+                # what they have read (a flood that outruns every reader would
+                # evict them: no one is held for a slow reader any more).
+                async with progress:
+                    await asyncio.wait_for(
+                        progress.wait_for(lambda floor=sent - 16: min(received) >= floor), 10.0
+                    )
             assert await asyncio.gather(*tasks) == [count] * 3, "fast clients got everything"
             assert state.hub.evictions == 1
             assert slow_conn not in state.websockets
@@ -192,69 +202,6 @@ def test_a_client_that_never_reads_is_evicted_and_costs_at_most_max_buffer(loop_
             slow.close()
             for ws in readers:
                 await ws.close()
-
-    run(main, loop_kind)
-
-
-def test_a_flood_while_every_reader_is_behind_holds_the_sender_and_nobody_is_evicted(
-    loop_kind: str,
-) -> None:
-    size, readers_n = 1 * KiB, 10
-
-    async def main() -> None:
-        async with serving(rate=0, slow_timeout=60.0) as server:
-            state = server.state
-            assert state is not None
-            # Readers that do not read for now: the whole fan-out falls behind.
-            readers = [await RawClient.connect(server.port, rcvbuf=4096) for _ in range(readers_n)]
-            sender = await RawClient.connect(server.port)  # it gets its own messages too
-            sent = 0
-            while state.flow.holds == 0:
-                assert sent < 20_000, "the sender was never held"
-                sender.send_frame(0x1, f"{sent:08d}".encode().ljust(size, b"."))
-                sent += 1
-                # Not drain(): once held, the server reads nothing more from
-                # the sender, and drain() would wait for the readers.
-                await asyncio.sleep(0)
-            # Linux will not grow a held client's receive buffer any more
-            # (it doubles what it is given).
-            (held,) = [c for c in state.websockets if c.held]
-            assert held.transport is not None
-            sock = held.transport.get_extra_info("socket")
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * HELD_RECEIVE_BUFFER
-            # Small as it is, it takes two of the sender's segments (loopback's
-            # would be 64 KiB): the sender's window does not stall shut.
-            mss = sender.writer.get_extra_info("socket").getsockopt(
-                socket.IPPROTO_TCP, socket.TCP_MAXSEG
-            )
-            assert mss <= SEGMENT_CAP
-            assert 2 * mss <= sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            # The sender can go on writing; the server reads none of it now.
-            for _ in range(200):
-                sender.send_frame(0x1, f"{sent:08d}".encode().ljust(size, b"."))
-                sent += 1
-            assert state.hub.evictions == 0
-            mark = state.config.pressure_mark
-            assert state.hub.high_water <= mark + 2 * (size + 4), "queues stop at the mark"
-
-            async def read_all(reader: RawClient) -> list[int]:
-                seen = []
-                while len(seen) < sent:
-                    opcode, payload = await reader.read_frame()
-                    if opcode == 0x9:  # the server's keepalive ping, late but answered
-                        reader.send_frame(0xA, payload)
-                        continue
-                    assert opcode == 0x1, (opcode, payload)
-                    seen.append(int(payload[:8]))
-                return seen
-
-            everyone = [*readers, sender]
-            got = await asyncio.wait_for(asyncio.gather(*(read_all(c) for c in everyone)), 30)
-            assert got == [list(range(sent))] * (readers_n + 1), "all, in order, once they read"
-            assert state.hub.evictions == 0
-            for client in everyone:
-                client.close()
-                await client.writer.wait_closed()
 
     run(main, loop_kind)
 
