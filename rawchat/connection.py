@@ -88,6 +88,7 @@ class Connection(asyncio.BufferedProtocol):
         "_turn",
         "_parked",
         "_backlog",
+        "_eof",
         "_fixed_window",
     )
 
@@ -128,6 +129,8 @@ class Connection(asyncio.BufferedProtocol):
         #: A hold stopped the handling of parsed frames still in wsproto's buffer.
         self._parked = False
         self._backlog: bytes | None = None
+        #: The client half-closed while messages it sent waited: closed once handled.
+        self._eof = False
         #: Its kernel receive buffer no longer grows (it was held once).
         self._fixed_window = False
 
@@ -205,6 +208,10 @@ class Connection(asyncio.BufferedProtocol):
         if self.phase == _HTTP and self.http is not None:
             self.http.receive_data(b"")
             self._drive_http()
+        elif self.phase == _WEBSOCKET and (self._held or self._parked or self._backlog):
+            # Messages read but not handled yet are handled first (see take_turn).
+            self._eof = True
+            return True
         # Returning None lets the transport close itself.
         return None
 
@@ -573,7 +580,9 @@ class Connection(asyncio.BufferedProtocol):
         if self._held or self._backlog:
             self._held = True
             return True
-        if not transport.is_closing():
+        if self._eof:
+            self._close_transport()
+        elif not transport.is_closing():
             transport.resume_reading()
         return False
 

@@ -95,3 +95,16 @@ def test_a_sender_that_pauses_between_bursts_is_never_closed() -> None:
     assert len(texts(reader)) == 40
     sender.receive()
     assert not any(isinstance(e, CloseConnection) for e in sender.events)
+
+
+def test_a_shaped_client_that_half_closes_still_has_every_message_handled() -> None:
+    state, loop = make_state(rate=10.0, burst=1)
+    sender, reader = Client(state, loop), Client(state, loop)
+    sender.send_raw(b"".join(sender.ws.send(TextMessage(f"h{i}")) for i in range(4)))
+    if sender.conn.eof_received() is None:  # what asyncio does then: close the transport
+        sender.transport.close()
+    for _ in range(10):
+        loop.advance(0.1)
+        reader.receive()
+    assert texts(reader) == ["h0", "h1", "h2", "h3"], "read before the EOF, so handled"
+    assert sender.transport.closed, "and closed once they are"
