@@ -4,11 +4,11 @@ Every WebSocket connection owns an :class:`Outbox`. A broadcast appends the one
 shared frame to each recipient's outbox; the first append in an event-loop
 iteration also puts the outbox on the hub's dirty list and, if needed, schedules
 one ``flush`` with ``call_soon``. The flush writes each dirty outbox's frames
-with a single ``transport.write``: whole frames back to back, so the client
-still sees one message per frame, but the per-write overhead of the event loop
-is paid once per client per iteration instead of once per message. On 1,000
-clients that is the difference between tens of thousands and millions of
-deliveries per second.
+in a single ``transport.write`` (``writelines`` from VECTOR_MIN bytes):
+whole frames back to back, so the client still sees one message per frame,
+but the per-write overhead of the event loop is paid once per client per
+iteration instead of once per message. On 1,000 clients that is the
+difference between tens of thousands and millions of deliveries per second.
 
 Eviction rule: before queueing, the hub looks at what the client already owes
 (the transport's write buffer, read once per iteration, plus the frames queued
@@ -41,12 +41,21 @@ class WriteTransport(Protocol):
 
     def write(self, data: bytes | bytearray | memoryview[Any]) -> None: ...
 
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview[Any]]) -> None: ...
+
     def get_write_buffer_size(self) -> int: ...
 
     def abort(self) -> None: ...
 
 
 log = logging.getLogger("rawchat.hub")
+
+#: From this many bytes queued for one client, its frames go to the transport
+#: as a list (uvloop hands them to one writev) instead of joined: joining copies
+#: every byte once per recipient. Below it, one small join is cheaper than the
+#: vector. Measured per client and flush on uvloop: 4 x 16 KiB frames 5.0 us
+#: joined, 3.9 us as a list; 4 x 100 B frames 0.54 us joined, 0.62 us as a list.
+VECTOR_MIN = 16 * 1024
 
 
 class Outbox:
@@ -191,7 +200,7 @@ class Hub:
         return data
 
     def flush(self) -> None:
-        """Write every dirty outbox's frames in one ``transport.write`` each."""
+        """Write every dirty outbox's frames in one write (or writelines) each."""
         self._flush_pending = False
         dirty = self._dirty
         self._dirty = []
@@ -203,15 +212,23 @@ class Hub:
             if box.owed > box.peak:
                 self._new_peak(box, box.owed)
             count = len(frames)
-            data = frames[0] if count == 1 else b"".join(frames)
-            frames.clear()
             try:
-                box.transport.write(data)
+                if count == 1:
+                    size = len(frames[0])
+                    box.transport.write(frames[0])
+                else:
+                    size = sum(map(len, frames))
+                    if size >= VECTOR_MIN:
+                        box.transport.writelines(frames)
+                    else:
+                        box.transport.write(b"".join(frames))
             except Exception as exc:  # any refusal costs this client only
+                frames.clear()
                 self._write_failed(box, exc)
                 continue
+            frames.clear()
             frames_out += count
-            bytes_out += len(data)
+            bytes_out += size
         self.frames_out += frames_out
         self.bytes_out += bytes_out
 
