@@ -37,12 +37,7 @@ class ServerState:
         self.flow = Backpressure(
             self.hub, loop, config.slow_timeout, clients=lambda: len(self.websockets)
         )
-        self.chat = Chat(
-            self.hub,
-            history=config.history,
-            max_rooms=config.max_rooms,
-            max_text=config.max_message,
-        )
+        self.chat = Chat(self.hub, config, loop.call_later)
         static_dir = config.static_dir or http.default_static_dir()
         self.static = http.StaticFiles(Path(static_dir))
         #: Every open TCP connection, in any phase.
@@ -167,6 +162,7 @@ class Server:
         for conn in list(state.connections):
             if conn.phase == 0 and conn.transport is not None:  # still HTTP: just close
                 conn.transport.close()
+        state.chat.close()
         for conn in list(state.websockets):
             conn.close(CloseReason.GOING_AWAY, "server shutting down")
         if state.connections:
