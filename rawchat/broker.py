@@ -49,7 +49,8 @@ from rawchat import frames
 from rawchat import messages as m
 
 if TYPE_CHECKING:
-    from rawchat.chat import Chat, Room
+    from rawchat.chat import Chat
+    from rawchat.rooms import Room
 
 log = logging.getLogger("rawchat.broker")
 
@@ -336,10 +337,10 @@ class Broker:
             item = self._outgoing.popleft()
             if item.kind != "msg":
                 continue
-            own = chat.own.pop(item.token, None)
+            sender = chat.echoed(item.token)
             room = chat.rooms.get(item.room)
             if room is not None:
-                chat.deliver(room, room.last_id + 1, item.ts, item.nick, item.text, own)
+                chat.deliver(room, room.last_id + 1, item.ts, item.nick, item.text, sender)
 
     def load(self, room: Room) -> None:
         if room.name in self._loading:
@@ -370,15 +371,13 @@ class Broker:
             node = field.split(":", 1)[0]
             if node != self.node:
                 room.remote[nick] = node
-        if room.last_id == 0 and not room.history:
-            # A room new to this node: what Redis keeps is its history.
+        if room.history.untouched:
+            # A room new to this node: what Redis keeps is its history, and
+            # its ids go on from Redis's counter.
             for message in stored:
-                room.history.append(
-                    m.encode_msg(
-                        name, message["id"], message["ts"], message["nick"], message["text"]
-                    )
-                )
-            room.last_id = max(last_id, room.last_id)
+                id, ts, nick, text = message["id"], message["ts"], message["nick"], message["text"]
+                room.history.append(id, ts, nick, text, m.encode_msg(name, id, ts, nick, text))
+            room.history.last_id = max(last_id, stored[-1]["id"] if stored else 0)
             self.chat.room_loaded(room)
         else:
             # A reload (after an outage, or a gap): members are here and must
@@ -389,7 +388,7 @@ class Broker:
                     self.chat.deliver(
                         room, message["id"], message["ts"], message["nick"], message["text"]
                     )
-            room.last_id = max(last_id, room.last_id)
+            room.history.last_id = max(last_id, room.last_id)
         for message in buffered:
             self._apply(message)
 
@@ -418,7 +417,7 @@ class Broker:
             id = message["id"]
             if id <= room.last_id:
                 return  # already delivered (a reload overlapped)
-            own = chat.own.pop(message["tok"], None) if message["node"] == self.node else None
+            own = chat.echoed(message["tok"]) if message["node"] == self.node else None
             if id > room.last_id + 1 and room.loaded:
                 log.info("room %s: ids jumped from %d to %d", room.name, room.last_id, id)
             chat.deliver(room, id, message["ts"], message["nick"], message["text"], own)

@@ -1,15 +1,16 @@
-"""Rooms, nicknames, history and resume: the chat itself, free of I/O.
+"""The chat itself, free of I/O: what sessions say becomes frames for the hub.
 
-A :class:`Session` is one connected client, in plain mode (the tutorial's raw
-text) or speaking rawchat.v1 (JSON). The :class:`Chat` turns what sessions say
-into frames and hands them to the hub. Every outgoing message is encoded once
-per representation: one JSON text for the room's v1 members (plus one copy
-carrying the sender's ``cid`` for the sender), and the verbatim text for the
-room's plain members. Those frames are then fanned out unchanged.
+A :class:`~rawchat.rooms.Session` is one connected client, in plain mode (the
+tutorial's raw text) or speaking rawchat.v1 (JSON). Every outgoing message is
+encoded once per representation: one JSON text for the room's v1 members (plus
+one copy carrying the sender's ``cid`` for the sender), and the verbatim text for
+the room's plain members. Those frames are then fanned out unchanged.
 
 Rooms outlive their members for a while, so that a client that drops and comes
 back can resume from history even if it was alone in the room: empty rooms are
-kept, oldest dropped first, up to ``MAX_IDLE_ROOMS``.
+kept, oldest dropped first, up to ``MAX_IDLE_ROOMS``. A room made again after
+being forgotten numbers its messages after every id the server gave before, so
+an id never names two messages within an epoch.
 """
 
 from __future__ import annotations
@@ -17,152 +18,62 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections import OrderedDict
+from collections.abc import Callable
 
 from rawchat import frames
 from rawchat import messages as m
+from rawchat.config import Config
+from rawchat.history import PAGE_BYTES, History, Ledger
 from rawchat.hub import Hub, Outbox
-
-#: A message kept in history before any v1 client needed its JSON: (id, ts, nick, text).
-Raw = tuple[int, float, str, str]
+from rawchat.presence import Presence, Schedule
+from rawchat.rooms import Closable, Relay, Room, Session
 
 #: Empty rooms (and their history) kept for clients that come back.
 MAX_IDLE_ROOMS = 1024
 #: Consecutive protocol errors after which a client is closed with TOO_MANY_ERRORS.
 MAX_ERRORS_IN_A_ROW = 10
+#: Nicks a ``joined`` reply lists; its "count" is the room's true size. A full list
+#: made joining quadratic: the n-th member got n nicks.
+MAX_MEMBERS_LISTED = 200
 
-
-class Closable(Protocol):
-    """The connection under a session (rawchat.connection.Connection)."""
-
-    def close(self, code: int, reason: str = "") -> None: ...
-
-
-class Session:
-    """One connected client as the chat sees it."""
-
-    __slots__ = ("outbox", "nick", "key", "rooms", "plain", "greeted", "errors", "connection")
-
-    def __init__(self, outbox: Outbox, *, plain: bool, connection: Closable) -> None:
-        self.outbox = outbox
-        self.nick = ""
-        self.key = ""
-        #: Rooms this session is in, in the order it joined them.
-        self.rooms: dict[str, Room] = {}
-        self.plain = plain
-        #: Whether a v1 client's hello was accepted (plain clients need none).
-        self.greeted = plain
-        self.errors = 0
-        #: Kept itself, not its bound close method: one object fewer per client.
-        self.connection = connection
-
-    def close(self, code: int, reason: str) -> None:
-        """Ask the connection to close with a code and reason."""
-        self.connection.close(code, reason)
-
-
-class Relay(Protocol):
-    """What the chat asks of a broker that joins several rawchat nodes (rawchat/broker.py).
-
-    While ``up`` is false the chat runs on its own, as a single node does.
-    """
-
-    up: bool
-
-    def publish(self, room: str, ts: float, nick: str, text: str, token: int) -> None: ...
-
-    def publish_binary(self, room: str, data: bytes) -> None: ...
-
-    def presence(self, room: str, event: str, nick: str, old: str | None) -> None: ...
-
-    def load(self, room: Room) -> None: ...
-
-
-class Room:
-    __slots__ = (
-        "name",
-        "members",
-        "v1",
-        "plain",
-        "history",
-        "last_id",
-        "remote",
-        "loaded",
-        "waiting",
-    )
-
-    def __init__(self, name: str, history: int) -> None:
-        self.name = name
-        #: Everyone present, in the order they arrived (for ``members`` lists).
-        self.members: dict[Session, None] = {}
-        #: The fan-out targets, one set per representation.
-        self.v1: set[Outbox] = set()
-        self.plain: set[Outbox] = set()
-        #: The last messages: v1 JSON (without any cid) when some v1 member
-        #: needed it as it went by, else (id, ts, nick, text), encoded when a
-        #: v1 client asks (a room of plain clients encodes no JSON).
-        self.history: deque[str | Raw] = deque(maxlen=history)
-        self.last_id = 0
-        #: Members on other nodes (with a broker): nick -> node.
-        self.remote: dict[str, str] = {}
-        #: With a broker, a room's history and remote members come from Redis
-        #: first; joins wait in ``waiting`` until they have.
-        self.loaded = True
-        self.waiting: list[tuple[Session, int | None, bool]] = []
-
-    def nicks(self) -> list[str]:
-        return [member.nick for member in self.members] + list(self.remote)
-
-    def resume(self, after: int | None) -> tuple[list[str], bool]:
-        """History to send a client that last saw id ``after``, and whether it is truncated.
-
-        With no ``after`` the client gets everything kept, truncated when older
-        messages are gone. A resume id newer than ``last_id`` comes from another
-        server run (ids started again), so what it names is gone too.
-        """
-        kept = len(self.history)
-        first = self.last_id - kept + 1  # id of history[0] when kept > 0
-        if after is None:
-            return self._encoded(self.history), first > 1
-        if after > self.last_id or after < first - 1:
-            return self._encoded(self.history), True
-        missed = self.last_id - after
-        return self._encoded(itertools.islice(self.history, kept - missed, kept)), False
-
-    def _encoded(self, entries: Iterable[str | Raw]) -> list[str]:
-        name = self.name
-        return [e if isinstance(e, str) else m.encode_msg(name, *e) for e in entries]
+#: Who sent a message that went through the broker: its outbox, and its cid if any.
+Sender = tuple[Outbox, str | None]
 
 
 class Chat:
     def __init__(
         self,
         hub: Hub,
-        *,
-        history: int,
-        max_rooms: int,
-        max_text: int,
+        config: Config,
+        call_later: Schedule,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.hub = hub
-        self.history = history
-        self.max_rooms = max_rooms
-        self.max_text = max_text
+        self.history = config.history
+        self.history_bytes = config.history_bytes
+        self.ledger = Ledger(config.history_total)
+        self.max_rooms = config.max_rooms
+        self.max_bytes = config.max_message
+        self.max_text = m.max_text_for(config.max_message)
         self.clock = clock
+        self.presence = Presence(hub, call_later)
+        #: Set at shutdown: members leave without presence (see `close`).
+        self.closing = False
         #: Names this server run; a client resuming with another epoch gets no resume.
         self.epoch = secrets.token_urlsafe(6)
         self.rooms: dict[str, Room] = {}
         self._idle: OrderedDict[str, None] = OrderedDict()
+        #: The newest id of any room forgotten: a room made again numbers after it.
+        self.forgotten_ids = 0
         self.nicks: dict[str, Session] = {}
         self.guests = itertools.count(1)
         self._sessions = itertools.count(1)
         #: The broker, when there is one (set by it).
         self.relay: Relay | None = None
-        #: Messages published through the relay and not seen back yet:
-        #: token -> the sender's outbox and cid, for its acknowledgement.
-        self.own: dict[int, tuple[Outbox, str | None]] = {}
+        #: Messages published through the relay and not seen back from it yet:
+        #: token -> their sender, to acknowledge them with their cid when they come back.
+        self.awaiting_echo: dict[int, Sender] = {}
         self._tokens = itertools.count(1)
 
     # -- sessions ---------------------------------------------------------
@@ -180,6 +91,17 @@ class Chat:
     def connect_v1(self, outbox: Outbox, connection: Closable) -> Session:
         """A rawchat.v1 client: nothing happens until its hello."""
         return Session(outbox, plain=False, connection=connection)
+
+    def close(self) -> None:
+        """The server is shutting down: no presence any more, for anyone.
+
+        Every client is about to get a close frame; telling each of n clients
+        about the n-1 others leaving would be quadratic, and nobody is left to
+        read it. With a broker, other nodes drop this node's members when its
+        heartbeat expires.
+        """
+        self.closing = True
+        self.presence.stop()
 
     def disconnect(self, session: Session) -> None:
         for room in list(session.rooms.values()):
@@ -244,6 +166,12 @@ class Chat:
             self._send(session, m.encode_left(room.name))
         elif isinstance(message, m.Nick):
             self._rename(session, message.nick)
+        elif isinstance(message, m.HistoryRequest):
+            room = session.rooms.get(message.room)
+            if room is None:
+                raise m.ProtocolError("not_in_room", f"you are not in {message.room}")
+            page, more = room.history.page(message.before, message.limit, PAGE_BYTES)
+            self._send(session, m.encode_history(room.name, page, more))
 
     def _hello(self, session: Session, hello: m.Hello) -> None:
         if session.greeted:
@@ -261,6 +189,7 @@ class Chat:
                 max_text=self.max_text,
                 max_rooms=self.max_rooms,
                 history=self.history,
+                max_bytes=self.max_bytes,
             ),
         )
         # Ids from another server run mean nothing here: such a client gets
@@ -283,10 +212,28 @@ class Chat:
             room.waiting.append((session, after, stale))
 
     def _joined(self, session: Session, room: Room, after: int | None, stale: bool) -> None:
-        history, truncated = room.resume(None if stale else after)
+        """Answer a join: the members, and the newest page of history or what was missed.
+
+        A resume whose missed messages fit one page gets exactly those; otherwise
+        the newest page, with "more" for the client to page back through. It is
+        truncated when messages after its id are gone (or the id is another run's).
+        """
+        if stale:
+            page, more = room.history.page(None, m.HISTORY_LIMIT, PAGE_BYTES)
+            truncated = True
+        else:
+            page, more, truncated = room.history.since(after, m.HISTORY_LIMIT, PAGE_BYTES)
         self._send(
             session,
-            m.encode_joined(room.name, room.nicks(), history, room.last_id, truncated or stale),
+            m.encode_joined(
+                room.name,
+                room.nicks(MAX_MEMBERS_LISTED),
+                page,
+                room.last_id,
+                truncated,
+                more=more,
+                count=room.count(),
+            ),
         )
 
     def room_loaded(self, room: Room) -> None:
@@ -303,8 +250,7 @@ class Chat:
             return
         self._claim_nick(session, nick)
         for room in session.rooms.values():
-            frame = frames.message(m.encode_presence(room.name, "nick", nick, old))
-            self.hub.broadcast(frame, room.v1)
+            self.presence.rename(room, old, nick)
             if self.relay is not None and self.relay.up:
                 self.relay.presence(room.name, "nick", nick, old)
 
@@ -315,10 +261,15 @@ class Chat:
             # The broker numbers the message and brings it back to every node,
             # this one included, in one order: delivery happens then.
             token = next(self._tokens)
-            self.own[token] = (session.outbox, cid)
+            self.awaiting_echo[token] = (session.outbox, cid)
             relay.publish(room.name, ts, session.nick, text, token)
             return
         self.deliver(room, room.last_id + 1, ts, session.nick, text, (session.outbox, cid))
+
+    def echoed(self, token: int) -> Sender | None:
+        """The sender of a message published with ``token``, now back from the relay
+        (or delivered without it): it is no longer awaited, whatever becomes of it."""
+        return self.awaiting_echo.pop(token, None)
 
     def deliver(
         self,
@@ -327,23 +278,22 @@ class Chat:
         ts: float,
         nick: str,
         text: str,
-        own: tuple[Outbox, str | None] | None = None,
+        sender: Sender | None = None,
     ) -> None:
         """Record message ``id`` in the room's history and fan it out to its members."""
-        room.last_id = id
         if not room.v1:
             # No JSON to send: the message is encoded if a v1 client joins for it.
-            room.history.append((id, ts, nick, text))
+            room.history.append(id, ts, nick, text, None)
         else:
             encoded = m.encode_msg(room.name, id, ts, nick, text)
-            room.history.append(encoded)
-            if own is None or own[1] is None:
+            room.history.append(id, ts, nick, text, encoded)
+            if sender is None or sender[1] is None:
                 self.hub.broadcast(frames.message(encoded), room.v1)
             else:
                 # The sender's copy carries its cid: that is its acknowledgement.
-                self.hub.broadcast(frames.message(encoded), room.v1, skip=own[0])
-                copy = m.encode_msg(room.name, id, ts, nick, text, own[1])
-                self.hub.send(own[0], frames.message(copy))
+                self.hub.broadcast(frames.message(encoded), room.v1, skip=sender[0])
+                copy = m.encode_msg(room.name, id, ts, nick, text, sender[1])
+                self.hub.send(sender[0], frames.message(copy))
         if room.plain:
             self.hub.broadcast(frames.message(text), room.plain)
 
@@ -364,9 +314,12 @@ class Chat:
             room.remote[nick] = node
         else:
             return
-        if room.v1:
-            frame = frames.message(m.encode_presence(room.name, event, nick, old))
-            self.hub.broadcast(frame, room.v1)
+        if event == "join":
+            self.presence.join(room, nick)
+        elif event == "leave":
+            self.presence.leave(room, nick)
+        elif old is not None:
+            self.presence.rename(room, old, nick)
 
     # -- membership -----------------------------------------------------------
 
@@ -385,7 +338,15 @@ class Chat:
         """The room called ``name``, made (and, with a broker, loaded) if need be."""
         room = self.rooms.get(name)
         if room is None:
-            room = self.rooms[name] = Room(name, self.history)
+            history = History(
+                name,
+                max_count=self.history,
+                max_bytes=self.history_bytes,
+                encode=m.encode_msg,
+                ledger=self.ledger,
+                base=self.forgotten_ids,
+            )
+            room = self.rooms[name] = Room(name, history)
             if self.relay is not None and self.relay.up:
                 room.loaded = False
                 self.relay.load(room)
@@ -394,9 +355,7 @@ class Chat:
         return room
 
     def _enter(self, session: Session, room: Room) -> None:
-        if room.v1:
-            presence = m.encode_presence(room.name, "join", session.nick)
-            self.hub.broadcast(frames.message(presence), room.v1)
+        self.presence.join(room, session.nick)
         room.members[session] = None
         (room.plain if session.plain else room.v1).add(session.outbox)
         session.rooms[room.name] = room
@@ -407,16 +366,22 @@ class Chat:
         del session.rooms[room.name]
         room.members.pop(session, None)
         (room.plain if session.plain else room.v1).discard(session.outbox)
-        if room.v1:
-            presence = m.encode_presence(room.name, "leave", session.nick)
-            self.hub.broadcast(frames.message(presence), room.v1)
+        if self.closing:
+            return  # see close: nobody is told, and no room is worth keeping now
+        self.presence.leave(room, session.nick)
         if self.relay is not None and self.relay.up:
             self.relay.presence(room.name, "leave", session.nick, None)
         if not room.members and room.name != m.DEFAULT_ROOM:
             self._idle[room.name] = None
             while len(self._idle) > MAX_IDLE_ROOMS:
-                forgotten, _ = self._idle.popitem(last=False)
-                del self.rooms[forgotten]
+                name, _ = self._idle.popitem(last=False)
+                self.forget(self.rooms[name])
+
+    def forget(self, room: Room) -> None:
+        """Drop a room and its history; ids go on from its last one if it is made again."""
+        del self.rooms[room.name]
+        self.forgotten_ids = max(self.forgotten_ids, room.last_id)
+        room.history.clear()
 
     def refuse(self, session: Session, code: str, message: str, dropped: str) -> None:
         """Tell a v1 client that the message ``dropped`` was not handled (with its cid)."""

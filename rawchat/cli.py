@@ -34,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
         prog="rawchat",
         description="A WebSocket chat server built from scratch on asyncio.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        # "--work 2" must not pass for "--workers 2": the supervisor hands each worker
+        # its own arguments, and a worker must not read them as a call for workers.
+        allow_abbrev=False,
     )
     p.add_argument("--host", default=d.host, help="address to listen on")
     p.add_argument("--port", type=int, default=d.port, help="port to listen on; 0 picks a free one")
@@ -87,6 +90,20 @@ def parser() -> argparse.ArgumentParser:
         default=d.history,
         metavar="N",
         help="messages kept per room for history and resume",
+    )
+    p.add_argument(
+        "--history-bytes",
+        type=_size,
+        default=d.history_bytes,
+        metavar="BYTES",
+        help="bytes of messages kept per room (oldest dropped first)",
+    )
+    p.add_argument(
+        "--history-total",
+        type=_size,
+        default=d.history_total,
+        metavar="BYTES",
+        help="bytes of messages kept by all rooms together (the largest rooms give way)",
     )
     p.add_argument(
         "--max-rooms",
@@ -212,6 +229,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             ping_interval=args.ping_interval,
             ping_timeout=args.ping_timeout,
             history=args.history,
+            history_bytes=args.history_bytes,
+            history_total=args.history_total,
             max_rooms=args.max_rooms,
             log_level=args.log_level,
             log_format=args.log_format,

@@ -60,6 +60,10 @@ class Config:
     max_request_head: int = 16 * KiB
     #: Messages kept per room for history and resume (rawchat.v1).
     history: int = 100
+    #: Bytes of messages kept per room, and by all rooms together (oldest messages of
+    #: the largest rooms go first).
+    history_bytes: int = 1 * MiB
+    history_total: int = 64 * MiB
     #: Rooms one rawchat.v1 client may be in at once.
     max_rooms: int = 16
     log_level: str = "info"
@@ -108,7 +112,7 @@ class Config:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, not {self.port}")
-        for name in ("max_message", "max_buffer", "max_rooms"):
+        for name in ("max_message", "max_buffer", "max_rooms", "history_bytes", "history_total"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_request_head < 2048:

@@ -36,7 +36,7 @@ from rawchat.limits import TokenBucket
 from rawchat.messages import CloseCode
 
 if TYPE_CHECKING:
-    from rawchat.chat import Session
+    from rawchat.rooms import Session
     from rawchat.server import ServerState
 
 log = logging.getLogger("rawchat.connection")

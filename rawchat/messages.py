@@ -24,6 +24,14 @@ DEFAULT_ROOM = "lobby"
 MAX_NICK = 32
 MAX_ROOM = 64
 MAX_CID = 64
+#: Bytes of a ``msg`` request besides its text: the envelope with the longest room and
+#: cid, JSON-escaped (see `max_text_for`).
+ENVELOPE = 512
+#: Messages a ``history`` request asks for when it names no limit, and the most it may.
+HISTORY_LIMIT = 50
+MAX_HISTORY_LIMIT = 100
+#: Changes a presence frame lists; the rest are counted in its "omitted".
+MAX_PRESENCE_LISTED = 100
 
 #: Every ``code`` an ``error`` message can carry (see docs/protocol.md for when).
 ERROR_CODES = (
@@ -97,7 +105,25 @@ class Msg:
     cid: str | None
 
 
-ClientMessage = Hello | Join | Leave | Nick | Msg
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    room: str
+    #: Messages older than this id; None for the newest.
+    before: int | None
+    limit: int
+
+
+ClientMessage = Hello | Join | Leave | Nick | Msg | HistoryRequest
+
+
+def max_text_for(max_message: int) -> int:
+    """The longest text (in characters) that always fits a message of ``max_message`` bytes.
+
+    UTF-8 takes at most 4 bytes a character and ENVELOPE covers the rest, so a text of
+    this many characters fits however it is written (unless JSON escaping inflates
+    it: control characters and quotes; the page checks the encoded size).
+    """
+    return max(1, (max_message - ENVELOPE) // 4)
 
 
 # Invisible or line-breaking characters: with them two nicks can look identical, or one nick
@@ -166,6 +192,8 @@ def parse_client(text: str, *, max_text: int) -> ClientMessage:
         return Nick(validate_nick(_required_str(data, "nick")))
     if kind == "msg":
         return _parse_msg(data, max_text)
+    if kind == "history":
+        return _parse_history(data)
     if not isinstance(kind, str):
         raise ProtocolError("bad_message", "field 'type' must be a string")
     raise ProtocolError("bad_message", "unknown message type")
@@ -213,6 +241,24 @@ def _parse_hello(data: dict[str, Any]) -> Hello:
     return Hello(nick=nick, rooms=rooms, resume=resume, epoch=epoch)
 
 
+def _optional_int(data: dict[str, Any], name: str, low: int, high: int | None) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    # bool is a subclass of int: true must not pass for 1.
+    if type(value) is not int or value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f"at least {low}"
+        raise ProtocolError("bad_message", f"field {name!r} must be an integer {bound}")
+    return int(value)
+
+
+def _parse_history(data: dict[str, Any]) -> HistoryRequest:
+    room = validate_room(_required_str(data, "room"))
+    before = _optional_int(data, "before", 0, None)
+    limit = _optional_int(data, "limit", 1, MAX_HISTORY_LIMIT)
+    return HistoryRequest(room, before, HISTORY_LIMIT if limit is None else limit)
+
+
 def _parse_msg(data: dict[str, Any], max_text: int) -> Msg:
     cid = data.get("cid")
     if cid is not None and (
@@ -241,10 +287,18 @@ _dumps = json.JSONEncoder(
 
 
 def encode_welcome(
-    session: str, nick: str, epoch: str, *, max_text: int, max_rooms: int, history: int
+    session: str,
+    nick: str,
+    epoch: str,
+    *,
+    max_text: int,
+    max_rooms: int,
+    history: int,
+    max_bytes: int,
 ) -> str:
     limits = {
         "max_text": max_text,
+        "max_bytes": max_bytes,
         "max_rooms": max_rooms,
         "max_nick": MAX_NICK,
         "history": history,
@@ -269,15 +323,32 @@ def encode_msg(room: str, id: int, ts: float, nick: str, text: str, cid: str | N
 
 
 def encode_joined(
-    room: str, members: Iterable[str], history: Sequence[str], last_id: int, truncated: bool
+    room: str,
+    members: Iterable[str],
+    history: Sequence[str],
+    last_id: int,
+    truncated: bool,
+    *,
+    more: bool = False,
+    count: int | None = None,
 ) -> str:
-    # `history` holds msg texts already encoded by encode_msg (the hub keeps them that way):
-    # splicing them in as text avoids decoding and re-encoding up to `history` messages on
+    # `history` holds msg texts already encoded by encode_msg (the history keeps them that
+    # way): splicing them in as text avoids decoding and re-encoding a page of messages on
     # every join.
+    members = list(members)
     return (
-        f'{{"type":"joined","room":{_dumps(room)},"members":{_dumps(list(members))},'
-        f'"history":[{",".join(history)}],"last_id":{_dumps(last_id)},'
+        f'{{"type":"joined","room":{_dumps(room)},"members":{_dumps(members)},'
+        f'"count":{len(members) if count is None else count},'
+        f'"history":[{",".join(history)}],"more":{_dumps(more)},"last_id":{_dumps(last_id)},'
         f'"truncated":{_dumps(truncated)}}}'
+    )
+
+
+def encode_history(room: str, messages: Sequence[str], more: bool) -> str:
+    """A page of history, oldest first (messages already encoded by encode_msg)."""
+    return (
+        f'{{"type":"history","room":{_dumps(room)},"messages":[{",".join(messages)}],'
+        f'"more":{_dumps(more)}}}'
     )
 
 
@@ -285,10 +356,42 @@ def encode_left(room: str) -> str:
     return _dumps({"type": "left", "room": room})
 
 
-def encode_presence(room: str, event: str, nick: str, old: str | None = None) -> str:
-    message = {"type": "presence", "room": room, "event": event, "nick": nick}
-    if old is not None:
-        message["old"] = old
+def encode_presence(
+    room: str,
+    count: int,
+    joined: Sequence[str] = (),
+    left: Sequence[str] = (),
+    renamed: Sequence[tuple[str, str]] = (),
+) -> str:
+    """One room's membership changes of one tick, in one frame.
+
+    At most MAX_PRESENCE_LISTED changes are listed (joins first, then renames, then
+    leaves); "omitted" counts the others. A frame of exactly one change also has the
+    fields of the frame it replaces (one per change), for clients written before.
+    """
+    budget = MAX_PRESENCE_LISTED
+    listed_joined = joined[:budget]
+    budget -= len(listed_joined)
+    listed_renamed = renamed[:budget]
+    budget -= len(listed_renamed)
+    listed_left = left[:budget]
+    total = len(joined) + len(left) + len(renamed)
+    message: dict[str, object] = {
+        "type": "presence",
+        "room": room,
+        "count": count,
+        "joined": list(listed_joined),
+        "left": list(listed_left),
+        "renamed": [list(pair) for pair in listed_renamed],
+        "omitted": total - len(listed_joined) - len(listed_left) - len(listed_renamed),
+    }
+    if total == 1:
+        if joined:
+            message.update(event="join", nick=joined[0])
+        elif left:
+            message.update(event="leave", nick=left[0])
+        else:
+            message.update(event="nick", nick=renamed[0][1], old=renamed[0][0])
     return _dumps(message)
 
 

@@ -35,12 +35,7 @@ class ServerState:
         self.loop = loop
         self.hub = Hub(config.max_buffer, loop.call_soon, config.pressure_mark)
         self.flow = Backpressure(self.hub, loop, config.slow_timeout)
-        self.chat = Chat(
-            self.hub,
-            history=config.history,
-            max_rooms=config.max_rooms,
-            max_text=config.max_message,
-        )
+        self.chat = Chat(self.hub, config, loop.call_later)
         static_dir = config.static_dir or http.default_static_dir()
         self.static = http.StaticFiles(Path(static_dir))
         #: Every open TCP connection, in any phase.
@@ -165,6 +160,7 @@ class Server:
         for conn in list(state.connections):
             if conn.phase == 0 and conn.transport is not None:  # still HTTP: just close
                 conn.transport.close()
+        state.chat.close()
         for conn in list(state.websockets):
             conn.close(CloseReason.GOING_AWAY, "server shutting down")
         if state.connections:

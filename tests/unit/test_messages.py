@@ -17,21 +17,25 @@ from rawchat.messages import (
     ERROR_CODES,
     MAX_CID,
     MAX_NICK,
+    MAX_PRESENCE_LISTED,
     MAX_ROOM,
     PROTOCOL,
     CloseCode,
     Hello,
+    HistoryRequest,
     Join,
     Leave,
     Msg,
     Nick,
     ProtocolError,
     encode_error,
+    encode_history,
     encode_joined,
     encode_left,
     encode_msg,
     encode_presence,
     encode_welcome,
+    max_text_for,
     nick_key,
     parse_client,
     validate_nick,
@@ -328,13 +332,21 @@ def test_protocol_error_becomes_an_error_message() -> None:
 
 
 def test_encode_welcome() -> None:
-    text = encode_welcome("s1", "ann", "ep", max_text=4000, max_rooms=16, history=100)
+    text = encode_welcome(
+        "s1", "ann", "ep", max_text=4000, max_rooms=16, history=100, max_bytes=16512
+    )
     assert json.loads(text) == {
         "type": "welcome",
         "session": "s1",
         "nick": "ann",
         "epoch": "ep",
-        "limits": {"max_text": 4000, "max_rooms": 16, "max_nick": MAX_NICK, "history": 100},
+        "limits": {
+            "max_text": 4000,
+            "max_bytes": 16512,
+            "max_rooms": 16,
+            "max_nick": MAX_NICK,
+            "history": 100,
+        },
     }
     assert " " not in text
 
@@ -358,12 +370,14 @@ def test_encode_msg_escapes_what_json_requires() -> None:
 
 def test_encode_joined_splices_history() -> None:
     history = [encode_msg("lobby", i, 1000.0 + i, "ann", f"m{i}") for i in (40, 41)]
-    text = encode_joined("lobby", iter(["ann", "bob"]), history, 41, False)
+    text = encode_joined("lobby", iter(["ann", "bob"]), history, 41, False, more=True, count=7)
     assert json.loads(text) == {
         "type": "joined",
         "room": "lobby",
         "members": ["ann", "bob"],
+        "count": 7,
         "history": [json.loads(h) for h in history],
+        "more": True,
         "last_id": 41,
         "truncated": False,
     }
@@ -375,7 +389,9 @@ def test_encode_joined_empty() -> None:
         "type": "joined",
         "room": "dev",
         "members": [],
+        "count": 0,
         "history": [],
+        "more": False,
         "last_id": 0,
         "truncated": True,
     }
@@ -385,15 +401,60 @@ def test_encode_left() -> None:
     assert json.loads(encode_left("dev")) == {"type": "left", "room": "dev"}
 
 
-def test_encode_presence() -> None:
-    assert json.loads(encode_presence("lobby", "join", "bob")) == {
+def test_encode_presence_of_one_change_keeps_the_old_fields() -> None:
+    assert json.loads(encode_presence("lobby", 3, joined=["bob"])) == {
         "type": "presence",
         "room": "lobby",
+        "count": 3,
+        "joined": ["bob"],
+        "left": [],
+        "renamed": [],
+        "omitted": 0,
         "event": "join",
         "nick": "bob",
     }
-    assert json.loads(encode_presence("lobby", "nick", "bob", old="bobby"))["old"] == "bobby"
-    assert "old" not in json.loads(encode_presence("lobby", "leave", "bob"))
+    renamed = json.loads(encode_presence("lobby", 3, renamed=[("bob", "bobby")]))
+    assert (renamed["event"], renamed["nick"], renamed["old"]) == ("nick", "bobby", "bob")
+    left = json.loads(encode_presence("lobby", 2, left=["bob"]))
+    assert (left["event"], left["nick"], "old" in left) == ("leave", "bob", False)
+
+
+def test_encode_presence_of_many_changes_caps_its_lists() -> None:
+    joined = [f"j{i}" for i in range(MAX_PRESENCE_LISTED)]
+    frame = json.loads(encode_presence("lobby", 500, joined=joined, left=["x", "y"]))
+    assert frame["joined"] == joined and frame["left"] == [] and frame["omitted"] == 2
+    assert frame["count"] == 500 and "event" not in frame
+    few = json.loads(encode_presence("lobby", 2, joined=["a"], left=["b"], renamed=[("c", "d")]))
+    assert (few["joined"], few["left"], few["renamed"]) == (["a"], ["b"], [["c", "d"]])
+    assert few["omitted"] == 0 and "event" not in few
+
+
+def test_encode_history_splices_its_page() -> None:
+    page = [encode_msg("dev", i, 1.0, "ann", f"m{i}") for i in (3, 9)]
+    assert json.loads(encode_history("dev", page, True)) == {
+        "type": "history",
+        "room": "dev",
+        "messages": [json.loads(text) for text in page],
+        "more": True,
+    }
+
+
+def test_history_requests_are_parsed_and_checked() -> None:
+    assert parse({"type": "history", "room": "dev"}) == HistoryRequest("dev", None, 50)
+    assert parse({"type": "history", "room": "dev", "before": 7, "limit": 100}) == (
+        HistoryRequest("dev", 7, 100)
+    )
+    for bad in ({"before": -1}, {"before": True}, {"limit": 0}, {"limit": 101}, {"limit": "5"}):
+        assert error_of({"type": "history", "room": "dev", **bad}).code == "bad_message"
+    assert error_of({"type": "history", "room": ".x"}).code == "bad_room"
+
+
+def test_max_text_always_fits_max_bytes() -> None:
+    for max_message in (600, 1000, 64 * 1024, 1 << 20):
+        max_text = max_text_for(max_message)
+        longest = {"type": "msg", "room": "r" * 64, "text": "\U0001f600" * max_text}
+        widest = json.dumps({**longest, "cid": "\x01" * 64}, ensure_ascii=False)
+        assert len(widest.encode()) <= max_message
 
 
 def test_encode_error_without_cid() -> None:
@@ -552,7 +613,9 @@ def test_encode_joined_round_trips(
         "type": "joined",
         "room": room,
         "members": members,
+        "count": len(members),
         "history": [json.loads(h) for h in encoded_history],
+        "more": False,
         "last_id": last_id,
         "truncated": truncated,
     }
@@ -564,7 +627,13 @@ def test_encode_welcome_round_trips(
 ) -> None:
     decoded = json.loads(
         encode_welcome(
-            session, nick, epoch, max_text=max_text, max_rooms=max_rooms, history=history
+            session,
+            nick,
+            epoch,
+            max_text=max_text,
+            max_rooms=max_rooms,
+            history=history,
+            max_bytes=max_text * 4,
         )
     )
     assert decoded == {
@@ -574,6 +643,7 @@ def test_encode_welcome_round_trips(
         "epoch": epoch,
         "limits": {
             "max_text": max_text,
+            "max_bytes": max_text * 4,
             "max_rooms": max_rooms,
             "max_nick": MAX_NICK,
             "history": history,
@@ -581,11 +651,28 @@ def test_encode_welcome_round_trips(
     }
 
 
-@given(rooms, st.sampled_from(["join", "leave", "nick"]), utf8_text, st.none() | utf8_text)
-def test_encode_presence_round_trips(room: str, event: str, nick: str, old: str | None) -> None:
-    decoded = json.loads(encode_presence(room, event, nick, old))
-    assert decoded.pop("old", None) == old
-    assert decoded == {"type": "presence", "room": room, "event": event, "nick": nick}
+@given(
+    rooms,
+    st.integers(0, 10**6),
+    st.lists(utf8_text, max_size=5),
+    st.lists(utf8_text, max_size=5),
+    st.lists(st.tuples(utf8_text, utf8_text), max_size=5),
+)
+def test_encode_presence_round_trips(
+    room: str, count: int, joined: list[str], left: list[str], renamed: list[tuple[str, str]]
+) -> None:
+    decoded = json.loads(encode_presence(room, count, joined, left, renamed))
+    for name in ("event", "nick", "old"):
+        decoded.pop(name, None)
+    assert decoded == {
+        "type": "presence",
+        "room": room,
+        "count": count,
+        "joined": joined,
+        "left": left,
+        "renamed": [list(pair) for pair in renamed],
+        "omitted": 0,
+    }
 
 
 @given(rooms, st.sampled_from(ERROR_CODES), utf8_text, st.none() | utf8_text)

@@ -1,0 +1,67 @@
+"""A room's history: bounded by count and bytes, searched by id (ids may jump), read in pages."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rawchat import messages as m
+from rawchat.history import History, Ledger
+
+
+def filled(ids: list[int], kept: int, max_bytes: int = 1 << 20) -> History:
+    history = History("r", max_count=kept, max_bytes=max_bytes, encode=m.encode_msg)
+    for id in ids:
+        history.append(id, 0.0, "n", str(id), None)
+    return history
+
+
+def ids_of(page: list[str]) -> list[int]:
+    return [json.loads(text)["id"] for text in page]
+
+
+@given(
+    kept=st.integers(min_value=0, max_value=20),
+    steps=st.lists(st.integers(min_value=1, max_value=5), max_size=60),
+    after=st.one_of(st.none(), st.integers(min_value=0, max_value=400)),
+)
+def test_resume_by_id_never_gaps_or_duplicates_even_when_ids_jump(
+    kept: int, steps: list[int], after: int | None
+) -> None:
+    ids = [sum(steps[: i + 1]) for i in range(len(steps))]
+    history = filled(ids, kept)
+    page, more, truncated = history.since(after, limit=1000, max_bytes=1 << 20)
+    got = ids_of(page)
+    assert got == sorted(set(got)), "strictly increasing, no duplicates"
+    if not truncated and after is not None:
+        assert got == [id for id in ids if id > after] and not more
+    elif not truncated:
+        assert got == ids
+    else:
+        assert got == ids[len(ids) - min(kept, len(ids)) :]
+
+
+def test_pages_walk_back_through_everything_once() -> None:
+    history = filled(list(range(1, 301, 3)), 1000)
+    seen: list[int] = []
+    page, more = history.page(None, 7)
+    seen = ids_of(page) + seen
+    while more:
+        page, more = history.page(seen[0], 7)
+        seen = ids_of(page) + seen
+    assert seen == list(range(1, 301, 3))
+
+
+def test_bytes_bound_a_room_and_all_rooms_together() -> None:
+    one = filled(list(range(1, 200)), 1000, max_bytes=4000)
+    assert one.bytes <= 4000 and one.dropped_through > 0
+    ledger = Ledger(20_000)
+    rooms = [
+        History(f"r{i}", max_count=1000, max_bytes=1 << 20, encode=m.encode_msg, ledger=ledger)
+        for i in range(3)
+    ]
+    for id in range(1, 400):
+        rooms[id % 3].append(id, 0.0, "n", "x" * 100, None)
+    assert ledger.total == sum(h.bytes for h in rooms) <= 20_000
