@@ -299,6 +299,7 @@ async def _hold_connections(
         metrics: dict[str, Any] = {
             "connections_wanted": count,
             "connections_opened": opened,
+            "refused_connections": sum(result.refused.values()),
             "connect_seconds": round(connect_seconds, 2),
             "handshakes_per_s": round(opened / connect_seconds) if connect_seconds else None,
             "server_cpu_s": round(cpu_after_connect - cpu_before, 2),
@@ -311,8 +312,8 @@ async def _hold_connections(
         }
         if tool_share >= SATURATED:
             notes.append(SATURATED_NOTE)
-        if result.errors:
-            notes.append(f"connect errors: {dict(result.errors)}")
+        if result.errors or result.refused:
+            notes.append(f"refused {dict(result.refused)}, errors {dict(result.errors)}")
         with RssSampler(server) as rss:
             await asyncio.sleep(hold)
         rss_after = server.rss_bytes()
