@@ -42,7 +42,7 @@ COMPARE_OVERRIDES: dict[str, dict[str, Any]] = {
     "scale": {"duration": 5.0, "warmup": 1.0},
     "idle": {"duration": 6.0},
 }
-DEFAULT_SERVERS = "rawchat,websockets,aiohttp"
+DEFAULT_SERVERS = "rawchat,websockets,aiohttp,node-ws"
 
 
 def _counts(text: str) -> tuple[int, ...]:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peers import node_ws
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(rb"listening on http://[^\s:]+:(\d+)")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -31,13 +33,15 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: all back after a pinned one (servers inherit the tool's affinity).
 _ALL_CORES = frozenset(os.sched_getaffinity(0))
 
-#: name -> module run with ``python -m``; every one takes --host, --port and
-#: --uvloop and logs "... listening on http://HOST:PORT (...)".
+#: name -> module run with ``python -m`` (node-ws: node runs its server.js);
+#: every one takes --host, --port and --uvloop and logs
+#: "... listening on http://HOST:PORT (...)".
 SERVER_MODULES = {
     "rawchat": "rawchat",
     "websockets": "benchmarks.peers.websockets_server",
     "aiohttp": "benchmarks.peers.aiohttp_server",
     "floor": "benchmarks.peers.floor_server",
+    "node-ws": "benchmarks.peers.node_ws",  # not Python: see its argv()
 }
 
 
@@ -67,8 +71,10 @@ class ServerSpec:
     def parse(
         cls, text: str, extra_args: tuple[str, ...] = (), tree: Path | None = None
     ) -> ServerSpec:
-        name, _, loop = text.partition("-")
-        if name not in SERVER_MODULES or loop not in ("", "uvloop", "asyncio"):
+        name, _, loop = text.rpartition("-")
+        if name not in SERVER_MODULES or loop not in ("uvloop", "asyncio"):
+            name, loop = text, ""
+        if name not in SERVER_MODULES or (loop and name == "node-ws"):
             known = ", ".join(SERVER_MODULES)
             raise ValueError(f"unknown server {text!r}: use one of {known}, optionally -asyncio")
         if name != "rawchat":
@@ -83,6 +89,8 @@ class ServerSpec:
         return label
 
     def argv(self, host: str) -> list[str]:
+        if self.name == "node-ws":  # node has one loop, libuv's
+            return node_ws.argv(host) + list(self.extra_args)
         args = [sys.executable, "-m", SERVER_MODULES[self.name], "--host", host, "--port", "0"]
         if self.uvloop:
             args.append("--uvloop")
