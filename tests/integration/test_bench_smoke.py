@@ -215,8 +215,9 @@ def _server_processes() -> set[int]:
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_workers_scenario_counts_both_and_leaves_nothing_running() -> None:
     before = _server_processes()
+    # 5 senders share 40 msg/s: 8 each, under rawchat's default 10 msg/s per connection.
     load = load_for(
-        "workers", clients=20, senders=2, rate=40.0, duration=1.0, warmup=0.2,
+        "workers", clients=20, senders=5, rate=40.0, duration=1.0, warmup=0.2,
         sample_every=3, start_rate=40.0, step_seconds=1.0, max_steps=2, max_seconds=2.0,
         status=False,
     )
