@@ -23,7 +23,7 @@ INSTALL_SELF := $(PIP) install --quiet --no-deps --no-build-isolation -e .
 COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --all-build-deps \
 	--strip-extras --no-emit-index-url --no-emit-find-links
 
-.PHONY: run test lint typecheck pytest system-deps bench lock upgrade clean
+.PHONY: run test lint typecheck pytest system-deps bench bench-peers lock upgrade clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,8 +66,20 @@ pytest: $(VENV)/.installed-dev system-deps
 
 test: lint typecheck pytest
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-dev bench-peers
 	$(BIN)/python -m benchmarks --compare
+
+# The peers that are not Python: node's ws, installed exactly as its committed lock says
+# (npm ci), again only when the lock changes. Debian's nodejs and npm only when node is missing.
+NODE_WS := benchmarks/peers/node_ws
+bench-peers: $(NODE_WS)/node_modules/.installed
+
+$(NODE_WS)/node_modules/.installed: $(NODE_WS)/package-lock.json $(NODE_WS)/package.json
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+		echo "installing nodejs npm with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	cd $(NODE_WS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 # Re-resolve the locks after a change to the dependencies in pyproject.toml, keeping every
 # version that still fits. The run lock is resolved within the dev lock, so that the two

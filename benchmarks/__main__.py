@@ -5,6 +5,7 @@
     python -m benchmarks --compare                 # every default scenario, all servers
     python -m benchmarks --compare fanout big --servers rawchat,aiohttp
     python -m benchmarks workers                   # rawchat: 1 worker vs 2 through Redis
+    python -m benchmarks autobahn --cases 1-7,10   # Autobahn|Testsuite's cases (kosoku)
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ COMPARE_OVERRIDES: dict[str, dict[str, Any]] = {
     "scale": {"duration": 5.0, "warmup": 1.0},
     "idle": {"duration": 6.0},
 }
-DEFAULT_SERVERS = "rawchat,websockets,aiohttp"
+DEFAULT_SERVERS = "rawchat,websockets,aiohttp,node-ws"
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -271,6 +272,11 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["autobahn"]:  # its own command line: see benchmarks/autobahn
+        from benchmarks import autobahn
+
+        return autobahn.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.compare is None and args.scenario is None:
         build_parser().print_help()

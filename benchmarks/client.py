@@ -35,6 +35,7 @@ from benchmarks.frames import (
     count_aligned,
     decode_probe,
     mask_frame,
+    response_status,
     server_frame_size,
     upgrade_request,
 )
@@ -43,6 +44,14 @@ from benchmarks.frames import (
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 NEVER = 1 << 62
+
+
+class Refused(ConnectionError):
+    """The server answered the upgrade with an HTTP status (429, 503 ...) instead of 101."""
+
+    def __init__(self, status: int, problem: str) -> None:
+        super().__init__(problem)
+        self.status = status
 
 #: Sampled connections time messages from the kernel's arrival stamps.
 STAMPED = stamped.supported()
@@ -161,9 +170,11 @@ class BenchClient(asyncio.Protocol):
             if len(self._head) > 16384:
                 self._fail("response head too large")
             return
-        problem = check_upgrade_response(bytes(self._head[:end]))
+        head = bytes(self._head[:end])
+        problem = check_upgrade_response(head)
         if problem is not None:
-            self._fail(problem)
+            status = response_status(head) or 101
+            self._fail(Refused(status, problem) if status != 101 else ConnectionError(problem))
             return
         rest = bytes(self._head[end + 4 :])
         self._head = bytearray()
@@ -178,9 +189,10 @@ class BenchClient(asyncio.Protocol):
         if rest:
             self.data_received(rest)
 
-    def _fail(self, problem: str) -> None:
+    def _fail(self, problem: str | ConnectionError) -> None:
         if not self.upgraded.done():
-            self.upgraded.set_exception(ConnectionError(problem))
+            error = problem if isinstance(problem, Exception) else ConnectionError(problem)
+            self.upgraded.set_exception(error)
         self.abort()
 
     # --- frames -------------------------------------------------------------
@@ -296,6 +308,8 @@ class ConnectResult:
     failures: int
     errors: Counter[str]
     seconds: float
+    #: HTTP status -> connections the server answered with it instead of 101.
+    refused: Counter[int] = field(default_factory=Counter)
 
 
 async def open_client(
@@ -378,6 +392,7 @@ async def connect_many(
     """
     clients: list[BenchClient] = []
     errors: Counter[str] = Counter()
+    refused: Counter[int] = Counter()
     next_index = first_index
     end_index = first_index + count
     eligible = [i for i in range(first_index, end_index) if i not in rcvbuf_for]
@@ -402,6 +417,9 @@ async def connect_many(
                     rcvbuf if i in rcvbuf_for else None,
                     buffers=buffers,
                 )
+            except Refused as exc:
+                refused[exc.status] += 1
+                continue
             except (OSError, TimeoutError) as exc:
                 errors[type(exc).__name__ + ": " + str(exc)[:60]] += 1
                 continue
@@ -419,5 +437,5 @@ async def connect_many(
         await asyncio.gather(*workers, return_exceptions=True)
     clients.sort(key=lambda c: c.index)
     return ConnectResult(
-        clients, count - len(clients), errors, time.perf_counter() - started
+        clients, count - len(clients), errors, time.perf_counter() - started, refused
     )

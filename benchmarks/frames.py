@@ -67,6 +67,14 @@ def check_upgrade_response(head: bytes) -> str | None:
     return "no Sec-WebSocket-Accept"
 
 
+def response_status(head: bytes) -> int | None:
+    """The status code of an HTTP response head, None if it is not one."""
+    parts = head.partition(b"\r\n")[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
 def frame_header(opcode: int, length: int, masked: bool) -> bytes:
     mask_bit = 0x80 if masked else 0
     if length < 126:

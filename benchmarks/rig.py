@@ -10,6 +10,7 @@ import asyncio
 import sys
 import time
 from array import array
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -189,6 +190,8 @@ class Rig:
         self.attempted = 0
         self.status = StatusLine(load.status, load.status_lines)
         self.connect_errors: dict[str, int] = {}
+        #: HTTP status -> connections refused with it (rawchat's limits: 429, 503).
+        self.refused: Counter[int] = Counter()
 
     @property
     def total_sent(self) -> int:
@@ -215,9 +218,12 @@ class Rig:
         )
         self.clients = result.clients
         self.connect_errors = dict(result.errors)
-        if result.failures:
+        self.refused += result.refused
+        # A server that refuses some connections is measured with the rest, and
+        # the refusals are reported; one that admits too few to run cannot be.
+        if len(self.clients) < max(1, load.senders):
             raise RuntimeError(f"{result.failures} of {load.clients} connections failed: "
-                               f"{dict(result.errors)}")
+                               f"refused {dict(result.refused)}, {dict(result.errors)}")
         for c in self.clients:
             self.joined_at[c.index] = 0
         by_index = {c.index: c for c in self.clients}
@@ -247,6 +253,7 @@ class Rig:
             self.load.concurrency, self.load.sample_every, first_index=first,
             buffers=self.load.socket_buffer,
         )
+        self.refused += result.refused
         for c in result.clients:
             c.late = True
             self.joined_at[c.index] = sent
@@ -405,6 +412,8 @@ class Rig:
                if k in ("p50_ms", "p99_ms")},
             "undelivered_after_drain": pending,
             "closed_by_server": closed_after - closed_before,
+            "refused_connections": sum(self.refused.values()),
+            **self.refusals(),
             "tool_cpu_pct": round(100 * tool_share, 1),
             "server_cpu_s": round(b.server_cpu - a.server_cpu, 2),
             "server_cpu_pct": round(100 * (b.server_cpu - a.server_cpu) / wall, 1),
@@ -458,6 +467,15 @@ class Rig:
 
     def close_codes(self) -> dict[str, int]:
         return {str(code): n for code, n in sorted(self.run.close_codes.items())}
+
+    def refusals(self) -> dict[str, Any]:
+        """What the server refused while connecting: statuses, and other failures."""
+        out: dict[str, Any] = {}
+        if self.refused:
+            out["refused_by_status"] = {str(k): v for k, v in sorted(self.refused.items())}
+        if self.connect_errors:
+            out["connect_errors"] = dict(self.connect_errors)
+        return out
 
     async def close(self) -> None:
         await close_all(self.clients)

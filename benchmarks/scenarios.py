@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from benchmarks.abuse import abuse
 from benchmarks.client import BenchClient, RunState, close_all, connect_many
 from benchmarks.report import Result, last_metric
 from benchmarks.rig import BUSY_MACHINE_PCT, SATURATED, Load, Rig, RssSampler, StatusLine
@@ -19,6 +20,7 @@ from benchmarks.servers import (
     fd_limit,
     machine_busy_seconds,
 )
+from benchmarks.slow_room import slow_room
 
 SATURATED_NOTE = "load tool saturated: ceiling not measured"
 #: A fanout-max step passes with this delivery ratio and p99 latency.
@@ -299,6 +301,7 @@ async def _hold_connections(
         metrics: dict[str, Any] = {
             "connections_wanted": count,
             "connections_opened": opened,
+            "refused_connections": sum(result.refused.values()),
             "connect_seconds": round(connect_seconds, 2),
             "handshakes_per_s": round(opened / connect_seconds) if connect_seconds else None,
             "server_cpu_s": round(cpu_after_connect - cpu_before, 2),
@@ -311,8 +314,8 @@ async def _hold_connections(
         }
         if tool_share >= SATURATED:
             notes.append(SATURATED_NOTE)
-        if result.errors:
-            notes.append(f"connect errors: {dict(result.errors)}")
+        if result.errors or result.refused:
+            notes.append(f"refused {dict(result.refused)}, errors {dict(result.errors)}")
         with RssSampler(server) as rss:
             await asyncio.sleep(hold)
         rss_after = server.rss_bytes()
@@ -605,6 +608,8 @@ SCENARIOS: dict[str, Scenario] = {
     "overload": overload,
     "slow": slow,
     "scale": scale,
+    "abuse": abuse,  # scenarios in modules of their own
+    "slow-room": slow_room,
 }
 
 #: Scenarios that start their own servers: ``python -m benchmarks NAME``, not in --compare.
@@ -627,6 +632,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # 4 KiB messages build a backlog of 200 KB/s for each client that stops.
     "slow": {"rate": 50.0, "size": 4096},
     "scale": {},
+    "abuse": {},
+    "slow-room": {"clients": 4, "senders": 1, "size": 16 * 1024, "rcvbuf": 16 * 1024,
+                  "sample_every": 1, "warmup": 0.0},
     # Per configuration: fixed-rate window, then at most a minute of stepping.
     "workers": {"max_seconds": 60.0},
 }

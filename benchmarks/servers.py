@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peers import node_ws
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(rb"listening on http://[^\s:]+:(\d+)")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -31,26 +33,23 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: all back after a pinned one (servers inherit the tool's affinity).
 _ALL_CORES = frozenset(os.sched_getaffinity(0))
 
-#: name -> module run with ``python -m``; every one takes --host, --port and
-#: --uvloop and logs "... listening on http://HOST:PORT (...)".
+#: name -> module run with ``python -m`` (node-ws: node runs its server.js);
+#: every one takes --host, --port and --uvloop and logs
+#: "... listening on http://HOST:PORT (...)".
 SERVER_MODULES = {
     "rawchat": "rawchat",
     "websockets": "benchmarks.peers.websockets_server",
     "aiohttp": "benchmarks.peers.aiohttp_server",
     "floor": "benchmarks.peers.floor_server",
+    "node-ws": "benchmarks.peers.node_ws",  # not Python: see its argv()
 }
 
 
-#: rawchat's internet-facing limits are off under load: the peers have none,
-#: and the load tool opens thousands of connections and floods on purpose.
-#: --max-buffer and other flags given with --server-arg come after and win.
-RAWCHAT_UNLIMITED = (
-    "--rate=0",
-    "--handshake-rate=0",
-    "--max-connections=0",
-    "--max-connections-per-ip=0",
-    "--log-level=warning",
-)
+#: What every rawchat run gets besides --uvloop: only what a user would pass.
+#: The limits stay at their defaults, as users run rawchat; what they refuse
+#: or close shows in the results (``refused_connections``, ``close_codes``).
+#: Flags given with --server-arg come after and win.
+RAWCHAT_USER_ARGS = ("--log-level=warning",)
 
 
 @dataclass(frozen=True)
@@ -72,8 +71,10 @@ class ServerSpec:
     def parse(
         cls, text: str, extra_args: tuple[str, ...] = (), tree: Path | None = None
     ) -> ServerSpec:
-        name, _, loop = text.partition("-")
-        if name not in SERVER_MODULES or loop not in ("", "uvloop", "asyncio"):
+        name, _, loop = text.rpartition("-")
+        if name not in SERVER_MODULES or loop not in ("uvloop", "asyncio"):
+            name, loop = text, ""
+        if name not in SERVER_MODULES or (loop and name == "node-ws"):
             known = ", ".join(SERVER_MODULES)
             raise ValueError(f"unknown server {text!r}: use one of {known}, optionally -asyncio")
         if name != "rawchat":
@@ -88,12 +89,14 @@ class ServerSpec:
         return label
 
     def argv(self, host: str) -> list[str]:
+        if self.name == "node-ws":  # node has one loop, libuv's
+            return node_ws.argv(host) + list(self.extra_args)
         args = [sys.executable, "-m", SERVER_MODULES[self.name], "--host", host, "--port", "0"]
         if self.uvloop:
             args.append("--uvloop")
         if self.name == "rawchat":
             known = rawchat_options(self.tree or REPO_ROOT)
-            args += [a for a in RAWCHAT_UNLIMITED if a.partition("=")[0] in known]
+            args += [a for a in RAWCHAT_USER_ARGS if a.partition("=")[0] in known]
             if self.broker is not None:
                 args.append(f"--broker={self.broker}")
             if self.workers > 1:
@@ -103,7 +106,7 @@ class ServerSpec:
 
 @functools.cache
 def rawchat_options(tree: Path) -> frozenset[str]:
-    """The long options this copy of rawchat accepts (older commits lack the limits)."""
+    """The long options this copy of rawchat accepts (older commits lack some)."""
     out = subprocess.run(
         [sys.executable, "-m", "rawchat", "--help"], cwd=tree, capture_output=True, text=True,
         timeout=30,

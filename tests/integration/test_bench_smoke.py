@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from benchmarks.abuse import abuse
+from benchmarks.autobahn import case_globs
 from benchmarks.client import STAMPED, BenchClient, RunState
 from benchmarks.frames import (
     HANDSHAKE_ACCEPT,
@@ -21,8 +25,10 @@ from benchmarks.frames import (
     frame_header,
     server_frame_size,
 )
+from benchmarks.peers import node_ws
 from benchmarks.scenarios import fanout, load_for, scale, workers
 from benchmarks.servers import ServerProcess, ServerSpec
+from benchmarks.slow_room import slow_room
 from benchmarks.stamped import StampedTransport
 
 
@@ -209,8 +215,9 @@ def _server_processes() -> set[int]:
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_workers_scenario_counts_both_and_leaves_nothing_running() -> None:
     before = _server_processes()
+    # 5 senders share 40 msg/s: 8 each, under rawchat's default 10 msg/s per connection.
     load = load_for(
-        "workers", clients=20, senders=2, rate=40.0, duration=1.0, warmup=0.2,
+        "workers", clients=20, senders=5, rate=40.0, duration=1.0, warmup=0.2,
         sample_every=3, start_rate=40.0, step_seconds=1.0, max_steps=2, max_seconds=2.0,
         status=False,
     )
@@ -225,3 +232,101 @@ def test_workers_scenario_counts_both_and_leaves_nothing_running() -> None:
     assert m["ratio_sustainable_w2_over_w1"] is not None
     assert m["broker_outages_one_worker"] == 0
     assert _server_processes() <= before, "redis or rawchat workers left running"
+
+
+def test_abuse_reports_honest_delivery_and_what_the_abusers_got() -> None:
+    load = load_for("abuse", clients=6, senders=2, rate=10.0, duration=1.0, warmup=0.3,
+                    sample_every=2, status=False)
+
+    async def main() -> dict[str, Any]:
+        with ServerProcess(ServerSpec.parse("rawchat-asyncio")) as process:
+            try:
+                result = await abuse(process, load)
+            finally:
+                process.remove_log()
+        return result.metrics
+
+    m = asyncio.run(main())
+    assert m["honest_clients"] == 6 and m["refused_connections"] == 0
+    assert m["quiet_delivery_ratio"] == 1.0
+    assert m["abused_delivery_ratio"] is not None and m["quiet_p99_ms"] is not None
+    # The abusers ran and were measured: the flood was sent, the churner connected.
+    assert m["flood_sent_per_s"] > 0 and m["flood_connections"] >= 1
+    assert m["churn_attempts_per_s"] > 0
+    assert m["abused_server_rss_peak_mb"] > 0
+
+
+def test_slow_room_times_the_readers_and_the_slow_clients_close() -> None:
+    load = load_for("slow-room", duration=1.5, status=False)
+
+    async def main() -> dict[str, Any]:
+        spec = ServerSpec.parse("rawchat-asyncio", ("--slow-timeout=0.3",))
+        with ServerProcess(spec) as process:
+            try:
+                result = await slow_room(process, load)
+            finally:
+                process.remove_log()
+        return result.metrics
+
+    m = asyncio.run(main())
+    assert m["messages_sent"] > 0 and m["latency_samples"] > 0
+    assert m["fast_p99_ms"] is not None
+    assert m["server_slow_timeout_s"] == 0.3
+    assert m["slow_stalled_at_s"] is not None
+    assert m["slow_evicted_at_s"] is not None, "rawchat never evicted the reader that stopped"
+    assert m["server_evictions"] == {"slow_timeout": 1}
+
+
+def test_refused_upgrades_are_counted_not_fatal() -> None:
+    """A server at its limits is measured with what it admitted; the refusals are reported."""
+    load = load_for("fanout", clients=8, senders=1, rate=10.0, duration=0.5, warmup=0.1,
+                    sample_every=2, sources=("127.0.0.2",), concurrency=1, status=False)
+
+    async def main() -> dict[str, Any]:
+        spec = ServerSpec.parse("rawchat-asyncio", ("--max-connections-per-ip=5",))
+        with ServerProcess(spec) as process:
+            try:
+                result = await fanout(process, load)
+            finally:
+                process.remove_log()
+        return result.metrics
+
+    m = asyncio.run(main())
+    assert m["refused_connections"] == 3 and m["refused_by_status"] == {"429": 3}
+    assert m["receivers"] == 5 and m["undelivered_after_drain"] == 0
+
+
+# The node peer: `make test` stays offline, so it never runs npm. With node the
+# script must at least parse; the relay itself is checked when `make bench-peers`
+# has installed ws. Under CI a missing node is a failure, not a skip.
+def test_node_ws_peer_script_parses() -> None:
+    if node_ws.node() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("node is not installed")
+        pytest.skip("node is not installed")
+    out = subprocess.run([str(node_ws.node()), "--check", str(node_ws.SCRIPT)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.skipif(node_ws.missing() is not None, reason=str(node_ws.missing()))
+def test_node_ws_peer_relays_every_message_to_everyone() -> None:
+    load = load_for("fanout", clients=10, senders=2, rate=20.0, duration=1.0, warmup=0.2,
+                    sample_every=2, status=False)
+
+    async def main() -> dict[str, Any]:
+        with ServerProcess(ServerSpec.parse("node-ws")) as process:
+            try:
+                result = await fanout(process, load)
+            finally:
+                process.remove_log()
+        return result.metrics
+
+    m = asyncio.run(main())
+    assert m["deliveries_counted"] == m["messages_sent"] * 10 > 0
+    assert m["lost"] == m["duplicated"] == m["reordered"] == 0
+
+
+def test_autobahn_case_selection() -> None:
+    assert case_globs("1-3,10") == ["1.*", "2.*", "3.*", "10.*"]
+    assert case_globs("9") == ["9.*"] and case_globs("9.1.1") == ["9.1.1"]
