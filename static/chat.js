@@ -64,6 +64,7 @@
     paused: false, // no nick the server accepts: stop reconnecting until the user picks one
     epoch: null, // epoch of the last welcome: a different one means the server restarted
     maxText: Infinity,
+    maxBytes: Infinity, // largest whole JSON message the server reads, in UTF-8 bytes
     maxRooms: Infinity,
     ws: null,
     welcomed: false,
@@ -196,9 +197,14 @@
       }
       if (message && typeof message === "object") dispatch(message);
     });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (event) => {
       if (state.ws !== ws) return;
       state.ws = null;
+      if (event.code === 1009 || event.code === 1007) {
+        // The server closed over something we sent: sending it again after the reconnect
+        // would only close the next connection too, so it fails here and waits for the user.
+        failOutstanding(`the server refused it (close ${event.code})`);
+      }
       const wasHealthy = state.welcomed && Date.now() - state.welcomedAt >= HEALTHY_MS;
       state.welcomed = false;
       if (wasHealthy) state.attempt = 0;
@@ -281,6 +287,8 @@
     ui.nickForm.classList.remove("dirty");
     const limits = message.limits || {};
     state.maxText = Number.isInteger(limits.max_text) ? limits.max_text : Infinity;
+    // Servers that do not say max_bytes read at least max_text bytes: the safe bound.
+    state.maxBytes = Number.isInteger(limits.max_bytes) ? limits.max_bytes : state.maxText;
     state.maxRooms = Number.isInteger(limits.max_rooms) ? limits.max_rooms : Infinity;
     if (restarted) {
       // Ids start again after a restart: what we remember means nothing to this server.
@@ -431,6 +439,20 @@
       return;
     }
     notify(text);
+  }
+
+  function encodedSize(message) {
+    return new TextEncoder().encode(JSON.stringify(message)).length;
+  }
+
+  function failOutstanding(reason) {
+    for (const room of state.rooms.values()) {
+      for (const pending of room.pending.values()) {
+        if (pending.sentOn === state.connection && !pending.failed) {
+          failPending(room, pending, reason);
+        }
+      }
+    }
   }
 
   function failOldestOutstanding(reason) {
@@ -746,11 +768,21 @@
       notify(`Message too long: at most ${state.maxText} characters.`);
       return;
     }
+    const cid = `${cidPrefix}-${cidCounter + 1}`;
+    const size = encodedSize({ type: "msg", room: room.name, text, cid });
+    if (size > state.maxBytes) {
+      // Sent anyway, it would make the server close the connection (1009): refuse it here
+      // and leave the text in the composer to be shortened.
+      notify(
+        `Not sent: the message is ${size} bytes once encoded and the server accepts at most ${state.maxBytes}.`,
+      );
+      return;
+    }
     ui.text.value = "";
     autoGrow();
     cidCounter += 1;
     const pending = {
-      cid: `${cidPrefix}-${cidCounter}`,
+      cid,
       seq: cidCounter,
       text,
       sentOn: null,

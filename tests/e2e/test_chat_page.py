@@ -441,3 +441,22 @@ def test_chat_and_resume_on_uvloop(
     proxy.go_up()
     expect(ann.status).to_contain_text("Online")
     expect(ann.messages.get_by_test_id("msg-text")).to_have_text(["first", "second"])
+
+
+def test_text_too_big_for_the_server_is_refused_by_the_page(open_chat: OpenChat) -> None:
+    # 40,000 accented characters are 80,000 bytes in UTF-8: over the server's 64 KiB
+    # message limit, which would close the connection (1009) if the page sent them.
+    ann = open_chat("ann")
+    bob = open_chat("bob")
+    long_text = "é" * 40_000
+    ann.send(long_text)
+    expect(ann.page.get_by_test_id("notice")).to_contain_text("Not sent")
+    composer = ann.page.get_by_role("textbox", name="Message", exact=True)
+    expect(composer).to_have_value(long_text)
+    expect(ann.messages).to_have_count(0)
+    # Still connected and still able to talk: a short message goes through.
+    composer.fill("short one")
+    composer.press("Enter")
+    expect(bob.message("short one")).to_have_count(1)
+    expect(ann.status).to_contain_text("Online")
+    expect(ann.message("short one").get_by_test_id("msg-status")).to_have_text("Sent")
