@@ -18,30 +18,52 @@ lost to a TCP reset.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-import socket
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import h11
 from wsproto.connection import Connection as WebSocket
-from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-from rawchat import http, limits, metrics
-from rawchat.hub import Outbox
-from rawchat.limits import TokenBucket
+from rawchat import http, limits, sockets, wsparser
+from rawchat.chat import Chat
+from rawchat.config import Config
+from rawchat.flow import Backpressure
+from rawchat.hub import Hub, Outbox
+from rawchat.limits import Occupancy, PerAddress, TokenBucket
 from rawchat.messages import CloseCode
+from rawchat.metrics import Counters
 
 if TYPE_CHECKING:
     from rawchat.chat import Session
-    from rawchat.server import ServerState
 
 log = logging.getLogger("rawchat.connection")
 
-_HTTP, _WEBSOCKET, _CLOSED = 0, 1, 2
+
+class Phase(enum.Enum):
+    #: h11 reads requests: static files, /healthz, /metrics, the opening handshake.
+    HTTP = enum.auto()
+    #: An error reply went out and our side is shut: what the client still sends is discarded.
+    LINGER = enum.auto()
+    #: wsproto reads frames.
+    WEBSOCKET = enum.auto()
+    CLOSED = enum.auto()
+
+
+#: How long a connection whose error reply went out keeps reading (and discarding)
+#: what the client still sends, so that closing with unread bytes, which makes the
+#: kernel send a reset, cannot destroy the reply before the client has read it.
+LINGER_SECONDS = 2.0
+
+#: A route: a path's handler, answering a GET or HEAD with a whole reply.
+Route = Callable[[], http.Reply]
 
 #: Bytes handed to h11 at a time (see _received).
 _HEAD_SLICE = 1024
@@ -49,19 +71,51 @@ _HEAD_SLICE = 1024
 #: Bytes taken off a socket per read (see Connection.get_buffer).
 READ_SIZE = 16 * 1024
 
-#: The largest TCP segment rawchat sends or accepts (see cap_segments).
-#: Ethernet's are 1448 bytes, so this only changes loopback, whose segments are
-#: 64 KiB otherwise. A 16 KiB message still goes in one segment.
-SEGMENT_CAP = 32_000
 
-#: The kernel receive buffer of a client once flow control has held it (see hold).
-#: Linux makes it 64 KiB: two segments of SEGMENT_CAP. A window that cannot
-#: take two segments reopens late, on a zero-window probe, stalling the client.
-HELD_RECEIVE_BUFFER = 32 * 1024
+def _nothing_to_evict() -> None:
+    """An outbox's eviction callback once its connection has closed."""
 
 
-def _gone() -> None:
-    """An outbox's eviction callback once its connection is gone."""
+class Shared:
+    """What the connections of one server share."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.hub = Hub(config.max_buffer, loop.call_soon, config.pressure_mark)
+        self.flow = Backpressure(
+            self.hub, loop, config.slow_timeout, clients=lambda: len(self.websockets)
+        )
+        self.chat = Chat(
+            self.hub,
+            history=config.history,
+            max_rooms=config.max_rooms,
+            max_text=config.max_message,
+        )
+        static_dir = config.static_dir or http.default_static_dir()
+        self.static = http.StaticFiles(Path(static_dir))
+        #: Paths answered by a handler; every other path is a static file.
+        self.routes: dict[str, Route] = {}
+        #: Every open TCP connection, in any phase.
+        self.connections: set[Connection] = set()
+        #: The open WebSocket connections (those that get pings and the shutdown's 1001).
+        self.websockets: set[Connection] = set()
+        self.metrics = Counters()
+        #: Open connections, any phase: an idle HTTP connection holds a slot too.
+        self.occupancy = Occupancy(config.max_connections, config.max_connections_per_ip)
+        self.handshake_limiter = PerAddress(
+            config.handshake_rate, config.handshake_burst, loop.time
+        )
+        #: Set during shutdown; resolved when the last connection is gone.
+        self.drained: asyncio.Future[None] | None = None
+        #: Where every connection's reads land (see Connection.get_buffer).
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
+
+    def forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.websockets.discard(conn)
+        if not self.connections and self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -89,9 +143,13 @@ class Connection(asyncio.BufferedProtocol):
         "_parked",
         "_backlog",
         "_fixed_window",
+        "_counted",
+        "_refusal",
+        "_pong",
+        "_eof",
     )
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: Shared) -> None:
         self.state = state
         self.transport: asyncio.Transport | None = None
         #: The client's address as limits count it (the proxy's word for it with --trust-proxy).
@@ -102,7 +160,7 @@ class Connection(asyncio.BufferedProtocol):
         #: The bucket is made on the first message, and dropped at a pong once full again.
         self._bucket: TokenBucket | None = None
         self._drops = 0
-        self.phase = _HTTP
+        self.phase = Phase.HTTP
         self.http: h11.Connection | None = None
         self._request: h11.Request | None = None
         #: The one pending timeout of this connection: HTTP deadlines, then the close bound.
@@ -129,6 +187,14 @@ class Connection(asyncio.BufferedProtocol):
         self._backlog: bytes | None = None
         #: Its kernel receive buffer no longer grows (it was held once).
         self._fixed_window = False
+        #: The address this connection holds a slot of the connection caps under, if any.
+        self._counted: str | None = None
+        #: The answer to any request on a connection past the caps (503 or 429).
+        self._refusal: http.Reply | None = None
+        #: The payload of the latest ping not answered yet: one pong per read answers all.
+        self._pong: bytes | None = None
+        #: The client half-closed while some of what it sent still waited for its turn.
+        self._eof = False
 
     @property
     def peer(self) -> str:
@@ -153,6 +219,24 @@ class Connection(asyncio.BufferedProtocol):
         )
         self._set_timer(self.state.config.handshake_timeout, self._http_timeout)
         self.state.connections.add(self)
+        self._take_slot()
+
+    def _take_slot(self) -> None:
+        """Count this connection against the caps from its first moment, any phase.
+
+        A connection past them is refused when its request comes. Behind a
+        trusted proxy the TCP peer is the proxy: its clients are told apart,
+        and counted per address, at the upgrade.
+        """
+        state = self.state
+        address = self.address
+        status = state.occupancy.refusal("" if state.config.trust_proxy else address)
+        if status is None:
+            state.occupancy.enter(address)
+            self._counted = address
+        else:
+            state.metrics.handshake_failures["full" if status == 503 else "per_ip"] += 1
+            self._refusal = http.error_reply(status, (b"retry-after", b"5"))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # rawchat, not the event loop, decides how much one read takes off the
@@ -176,9 +260,10 @@ class Connection(asyncio.BufferedProtocol):
             self._internal_error()
 
     def _received(self, data: bytes) -> None:
-        if self.phase == _WEBSOCKET:
+        if self.phase is Phase.WEBSOCKET:
             self._ws_received(data)
-        elif self.phase == _HTTP:
+            self._send_pong()
+        elif self.phase is Phase.HTTP:
             assert self.http is not None
             if self.http.their_state is h11.IDLE and self._request is None and not self._pending():
                 # A new request starts: its head must arrive within the handshake
@@ -192,23 +277,34 @@ class Connection(asyncio.BufferedProtocol):
                 self._drive_http()
                 return
             for start in range(0, len(data), _HEAD_SLICE):
-                if self.phase == _WEBSOCKET:  # upgraded mid-read: the rest is frames
+                phase = self._phase_now()  # h11 may have upgraded or closed
+                if phase is Phase.WEBSOCKET:  # upgraded mid-read: the rest is frames
                     self._ws_received(data[start:])
+                    self._send_pong()
                     return
-                if self.phase != _HTTP or self.transport is None or self.transport.is_closing():
+                transport = self.transport
+                if phase is not Phase.HTTP or transport is None or transport.is_closing():
                     return
                 self.http.receive_data(data[start : start + _HEAD_SLICE])
                 self._drive_http()
 
+    def _phase_now(self) -> Phase:
+        return self.phase
+
     def eof_received(self) -> bool | None:
-        if self.phase == _HTTP and self.http is not None:
+        if self.phase is Phase.HTTP and self.http is not None:
             self.http.receive_data(b"")
             self._drive_http()
+        elif self.phase is Phase.WEBSOCKET and (self._held or self._backlog):
+            # What the client sent before its EOF still waits for flow control's
+            # turns: keep the transport until that is handled (see take_turn).
+            self._eof = True
+            return True
         # Returning None lets the transport close itself.
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.phase = _CLOSED
+        self.phase = Phase.CLOSED
         self._cancel_timer()
         if self.session is not None:
             self.state.chat.disconnect(self.session)
@@ -216,7 +312,6 @@ class Connection(asyncio.BufferedProtocol):
         state = self.state
         if self.outbox is not None:
             state.flow.relieve(self.outbox)
-            state.occupancy.leave(self.address)
             code = self.close_code or CloseReason.ABNORMAL_CLOSURE
             state.metrics.close_codes[code] += 1
             log.info(
@@ -225,6 +320,9 @@ class Connection(asyncio.BufferedProtocol):
                 code,
                 extra={"event": "close", "client": self.address, "code": int(code)},
             )
+        if self._counted is not None:
+            state.occupancy.leave(self._counted)
+            self._counted = None
         state.flow.forget(self)
         self._backlog = None
         state.forget(self)
@@ -233,30 +331,30 @@ class Connection(asyncio.BufferedProtocol):
         # collector: under churn, closed connections waited for a full
         # collection by the thousand (several MiB of them).
         if self.outbox is not None:
-            self.outbox.on_evict = _gone
+            self.outbox.on_evict = _nothing_to_evict
         self._drop_parser()
 
     def pause_writing(self) -> None:
         # WebSocket phase: the buffer passed the pressure mark. Flow control
         # holds the senders until this client drains, or evicts it if it doesn't.
-        if self.phase == _WEBSOCKET:
+        if self.phase is Phase.WEBSOCKET:
             if self.outbox is not None and not self._closing:
                 self.state.flow.congest(self.outbox)
-        elif self.phase == _HTTP and self.transport is not None:
+        elif self.phase is Phase.HTTP and self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.phase == _WEBSOCKET:
+        if self.phase is Phase.WEBSOCKET:
             if self.outbox is not None:
                 self.state.flow.relieve(self.outbox)
-        elif self.phase == _HTTP and self.transport is not None:
+        elif self.phase is Phase.HTTP and self.transport is not None:
             self.transport.resume_reading()
 
     # -- HTTP phase -----------------------------------------------------------------
 
     def _drive_http(self) -> None:
         conn = self.http
-        while self.phase == _HTTP and conn is not None:
+        while self.phase is Phase.HTTP and conn is not None:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -267,6 +365,9 @@ class Connection(asyncio.BufferedProtocol):
                 return
             if isinstance(event, h11.Request):
                 self._request = event
+                if self._refusal is not None:
+                    self._reply(self._refusal, close=True)
+                    return
                 if event.method not in (b"GET", b"HEAD"):
                     # Answer at once and close: no need to read a body we refuse.
                     self._reply(http.error_reply(405, (b"allow", http.ALLOWED_METHODS)), close=True)
@@ -290,12 +391,8 @@ class Connection(asyncio.BufferedProtocol):
                 self._upgrade(decision)
             else:
                 self._reply(decision, head_only=head_only)
-        elif path == "/healthz":
-            body = metrics.health(self.state)
-            self._reply(http.document(b"application/json", body), head_only=head_only)
-        elif path == "/metrics":
-            body = metrics.render(self.state)
-            self._reply(http.document(metrics.CONTENT_TYPE, body), head_only=head_only)
+        elif path in self.state.routes:
+            self._reply(self.state.routes[path](), head_only=head_only)
         else:
             self._reply(self.state.static.reply(request.target), head_only=head_only)
 
@@ -309,8 +406,8 @@ class Connection(asyncio.BufferedProtocol):
             reason = {405: "method", 426: "version"}.get(decision.status, "bad_request")
         else:
             self.address = limits.client_address(self.address, request.headers, config.trust_proxy)
-            origin = http.header(request, b"origin")
-            host = http.header(request, b"host")
+            origin = http.single_header(request, b"origin")
+            host = http.single_header(request, b"host")
             if not limits.origin_allowed(
                 None if origin is None else origin.decode("latin-1"),
                 None if host is None else host.decode("latin-1"),
@@ -320,8 +417,9 @@ class Connection(asyncio.BufferedProtocol):
                 reason, decision = "origin", http.error_reply(403)
             elif not state.handshake_limiter.allow(self.address):
                 reason, decision = "rate", http.error_reply(429, (b"retry-after", b"1"))
-            else:
-                status = state.occupancy.refusal(self.address)
+            elif self._counted != self.address:
+                # Behind a trusted proxy: its slot moves to the forwarded address.
+                status = self._move_slot(self.address)
                 if status is not None:
                     reason = "full" if status == 503 else "per_ip"
                     decision = http.error_reply(status, (b"retry-after", b"5"))
@@ -329,6 +427,20 @@ class Connection(asyncio.BufferedProtocol):
             state.metrics.handshake_failures[reason] += 1
             log.debug("%s: refused upgrade (%s)", self.peer, reason)
         return decision
+
+    def _move_slot(self, address: str) -> int | None:
+        """Count this connection under ``address``, or say why it may not be (503, 429)."""
+        occupancy, previous = self.state.occupancy, self._counted
+        if previous is not None:
+            occupancy.leave(previous)
+        status = occupancy.refusal(address)
+        if status is not None:
+            if previous is not None:  # refused: it stays counted where it was
+                occupancy.enter(previous)
+            return status
+        occupancy.enter(address)
+        self._counted = address
+        return None
 
     def _reply(self, reply: http.Reply, *, head_only: bool = False, close: bool = False) -> None:
         conn = self.http
@@ -345,7 +457,10 @@ class Connection(asyncio.BufferedProtocol):
         data += conn.send(h11.EndOfMessage()) or b""
         self.transport.write(data)
         if conn.our_state is h11.MUST_CLOSE:
-            self._close_transport()
+            if close:
+                self._linger()
+            else:
+                self._close_transport()
         elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
             self._set_timer(self.state.config.keepalive_timeout, self._http_timeout)
@@ -355,14 +470,32 @@ class Connection(asyncio.BufferedProtocol):
         if conn is not None and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
                 self._reply(http.error_reply(status), close=True)
+                return
             except h11.LocalProtocolError:
                 pass
         self._close_transport()
 
+    def _linger(self) -> None:
+        """Shut our side after an error reply, discard what comes, close at EOF or in a while.
+
+        A socket closed with unread bytes in it makes the kernel send a reset,
+        and a reset can destroy the reply before the client has read it: a
+        client sending a body we refused (405) or an oversized head (431)
+        would see a broken connection instead of the status.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            self._close_transport()
+            return
+        self.phase = Phase.LINGER
+        self.http = None
+        transport.write_eof()
+        self._set_timer(LINGER_SECONDS, self._close_transport)
+
     def _http_timeout(self) -> None:
         """A request head too slow to arrive gets 408; an idle keep-alive just closes."""
         self._timer = None
-        if self.phase != _HTTP or self.http is None:
+        if self.phase is not Phase.HTTP or self.http is None:
             return
         if self.http.their_state is h11.IDLE and self._request is None and not self._pending():
             self._close_transport()
@@ -391,20 +524,12 @@ class Connection(asyncio.BufferedProtocol):
         # h11 has nothing more to do: drop it, it is the biggest object we hold.
         self.http = None
         self._cancel_timer()
-        self.phase = _WEBSOCKET
+        self.phase = Phase.WEBSOCKET
         state = self.state
         transport.set_write_buffer_limits(high=state.config.pressure_mark)
-        # What waits in the kernel's send buffer is invisible to
-        # get_write_buffer_size: left to grow (to megabytes), it would let a
-        # client that stopped reading cost far more than --max-buffer. A
-        # quarter of --max-buffer in all (Linux doubles the half asked), not
-        # the smaller pressure mark: room for a burst of large messages
-        # between two iterations.
-        sndbuf = max(state.config.max_buffer // 8, 16 * 1024)
-        _fix_kernel_buffer(transport, socket.SO_SNDBUF, sndbuf)
+        sockets.bound_send_buffer(transport, state.config.max_buffer)
         self.outbox = Outbox(transport, self._evicted)
         state.websockets.add(self)
-        state.occupancy.enter(self.address)
         state.metrics.handshakes += 1
         if decision.subprotocol is None:
             self.session = state.chat.connect_plain(self.outbox, self)
@@ -420,6 +545,7 @@ class Connection(asyncio.BufferedProtocol):
         )
         if trailing:
             self._ws_received(trailing)
+            self._send_pong()
 
     # -- WebSocket phase --------------------------------------------------------------
 
@@ -449,7 +575,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         view = memoryview(data)
         for start in range(0, len(data), step):
-            if self._failed or self.phase != _WEBSOCKET:
+            if self._failed or self.phase is not Phase.WEBSOCKET:
                 return
             if self._held:
                 self._backlog = bytes(view[start:])
@@ -465,44 +591,22 @@ class Connection(asyncio.BufferedProtocol):
         """
         ws = self.ws
         if ws is None:
-            ws = self.ws = WebSocket(ConnectionType.SERVER)
+            ws = self.ws = wsparser.new_parser(self.state.config.max_message)
         return ws
 
     def _drop_parser(self) -> None:
-        """Let go of wsproto's side of the connection, freed at once.
-
-        Its frame parser is a generator that refers back to its owner, so the
-        pair would otherwise wait for a full garbage collection; closing the
-        generator breaks that loop. (wsproto internals, as in _at_rest: if they
-        change, the collector frees the parser as before.)
-        """
         ws, self.ws = self.ws, None
         if ws is not None:
-            try:
-                ws._proto._parse_more.close()
-            except AttributeError:
-                pass
+            wsparser.release(ws)
 
-    @staticmethod
-    def _at_rest(ws: WebSocket) -> bool:
-        """Whether ``ws`` holds nothing a fresh parser would not: no part of a frame or message.
-
-        This reads wsproto's internals (the same in 1.2 and 1.3). Anything
-        unexpected counts as busy: a change there costs memory, never correctness.
-        """
-        try:
-            proto = ws._proto
-            frames = proto._frame_decoder
-            return (
-                ws.state is ConnectionState.OPEN
-                and not ws._events
-                and frames.header is None
-                and not len(frames.buffer)
-                and proto._message_decoder.opcode is None
-                and proto._outbound_opcode is None
-            )
-        except AttributeError:
-            return False
+    def _send_pong(self) -> None:
+        """Answer the pings of one read with one pong, for the latest (RFC 6455, 5.5.3)."""
+        payload, self._pong = self._pong, None
+        ws, transport = self.ws, self.transport
+        if payload is None or self._closing or ws is None or transport is None:
+            return
+        if ws.state is ConnectionState.OPEN:
+            transport.write(ws.send(Pong(payload)))
 
     def _ws_chunk(self, data: bytes) -> None:
         if self._failed or (not data and self.ws is None):  # a catch-up with nothing parsed
@@ -517,11 +621,10 @@ class Connection(asyncio.BufferedProtocol):
                 if not self._closing:
                     self._message_part(event)  # type: ignore[arg-type]
             elif kind is Ping:
-                if not self._closing and self.transport is not None:
-                    self.transport.write(ws.send(event.response()))  # type: ignore[attr-defined]
+                self._pong = event.payload  # type: ignore[attr-defined]
             elif kind is Pong:
                 self.ping_deadline = 0.0
-                if self._at_rest(ws):
+                if self._pong is None and wsparser.at_rest(ws):
                     # An idle client's only traffic: drop the parser until the
                     # next bytes (nothing else is left in this chunk).
                     self._drop_parser()
@@ -535,8 +638,25 @@ class Connection(asyncio.BufferedProtocol):
                 # the next turn.
                 self._held = self._parked = True
                 return
-            if self._failed or self.phase != _WEBSOCKET:
+            if self._failed or self.phase is not Phase.WEBSOCKET:
                 return
+
+    # -- keepalive (rawchat.keepalive.Pinged) ---------------------------------------
+
+    def expect_pong(self, deadline: float) -> None:
+        if self.ping_deadline == 0.0:
+            self.ping_deadline = deadline
+
+    def pong_overdue(self, now: float, grace: float) -> bool:
+        if not 0.0 < self.ping_deadline <= now:
+            return False
+        if self._held:
+            # Flow control stopped reading this client: its pong may be waiting
+            # behind its messages. It gets a full timeout more, counted again
+            # until rawchat reads from it again.
+            self.ping_deadline = now + grace
+            return False
+        return True
 
     # -- flow control (rawchat.flow.Publisher) -----------------------------------------
 
@@ -551,16 +671,12 @@ class Connection(asyncio.BufferedProtocol):
         if transport is not None and transport.is_reading():
             transport.pause_reading()
             if not self._fixed_window:
-                # A held client is read in bursts, a message per turn, and Linux
-                # answers bursts of reading by growing the receive buffer: what
-                # the client sent would wait there, its messages late by all of
-                # it. Fixed, its own buffers fill and its writes wait instead.
                 self._fixed_window = True
-                _fix_kernel_buffer(transport, socket.SO_RCVBUF, HELD_RECEIVE_BUFFER)
+                sockets.fix_receive_window(transport)
 
     def take_turn(self) -> bool:
         transport = self.transport
-        if self.phase != _WEBSOCKET or transport is None or transport.is_closing():
+        if self.phase is not Phase.WEBSOCKET or transport is None or transport.is_closing():
             return False
         # What was read but not handled goes first (the frames a hold left in
         # wsproto's buffer, then the backlog), one message per turn, and
@@ -572,7 +688,14 @@ class Connection(asyncio.BufferedProtocol):
         if self._held or self._backlog:
             self._held = True
             return True
-        if not transport.is_closing():
+        if self._eof:
+            # The client half-closed before its last messages were handled:
+            # they have been now. It sent no close frame (1006).
+            self._leave()
+            if self.outbox is not None:
+                self.state.hub.drop(self.outbox)
+            self._close_transport()
+        elif not transport.is_closing():
             transport.resume_reading()
         return False
 
@@ -592,7 +715,7 @@ class Connection(asyncio.BufferedProtocol):
         self._size += len(data)
         if self._size > limit:
             self._parts = None
-            self.fail(CloseReason.MESSAGE_TOO_BIG, "message too big")
+            self.fail(CloseReason.MESSAGE_TOO_BIG, wsparser.TOO_BIG)
             return
         parts.append(data)
         if event.message_finished:
@@ -605,7 +728,7 @@ class Connection(asyncio.BufferedProtocol):
         if isinstance(data, str) and size * 4 > limit and size <= limit:
             size = len(data.encode())
         if size > limit:
-            self.fail(CloseReason.MESSAGE_TOO_BIG, "message too big")
+            self.fail(CloseReason.MESSAGE_TOO_BIG, wsparser.TOO_BIG)
             return
         session = self.session
         if session is None:
@@ -660,7 +783,8 @@ class Connection(asyncio.BufferedProtocol):
         else:
             # wsproto reports a malformed frame as a CloseConnection it made up.
             log.debug("%s: protocol error %d: %s", self.peer, event.code, event.reason)
-            self.fail(event.code, event.reason or "")
+            reason = wsparser.TOO_BIG if event.code == CloseReason.MESSAGE_TOO_BIG else event.reason
+            self.fail(event.code, reason or "")
 
     # -- closing ------------------------------------------------------------------------
 
@@ -713,7 +837,7 @@ class Connection(asyncio.BufferedProtocol):
         self.state.websockets.discard(self)
 
     def _internal_error(self) -> None:
-        if self.phase == _WEBSOCKET and self.outbox is not None and not self._closing:
+        if self.phase is Phase.WEBSOCKET and self.outbox is not None and not self._closing:
             try:
                 self.fail(CloseReason.INTERNAL_ERROR, "internal error")
                 return
@@ -753,32 +877,3 @@ class Connection(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-def cap_segments(listener: socket.socket) -> None:
-    """Have the clients ``listener`` accepts send segments of at most SEGMENT_CAP.
-
-    A client's segment size is agreed on in the handshake, so this is set on
-    the listening socket. What a held client has sent waits in its receive
-    buffer, every byte of it late; with loopback's 64 KiB segments that buffer
-    could not be smaller than 128 KiB without stalling (see HELD_RECEIVE_BUFFER).
-    """
-    try:
-        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, SEGMENT_CAP)
-    except (OSError, AttributeError):  # no TCP_MAXSEG here, or refused: segments as they come
-        pass
-
-
-def _fix_kernel_buffer(transport: asyncio.Transport, option: int, size: int) -> None:
-    """Fix one of the socket's kernel buffers (``SO_SNDBUF`` or ``SO_RCVBUF``) at ``size``.
-
-    Linux doubles what it is given and, once it is given a size, stops
-    growing that buffer on its own (autotuning, up to megabytes).
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, option, size)
-    except (OSError, AttributeError):  # not a TCP socket (tests), or refused
-        pass

@@ -81,8 +81,8 @@ class Hub:
         pressure_mark: int | None = None,
     ) -> None:
         self.max_buffer = max_buffer
-        #: Past this many bytes owed, a client's frames are written at once
-        #: and the hub reports pressure, so that senders can be held.
+        #: Past this many bytes owed, a client's frames are still queued for
+        #: the flush, but the hub reports pressure, so that senders can be held.
         self.pressure_mark = min(pressure_mark or max_buffer, max_buffer)
         # loop.call_soon in the server; a plain list append in unit tests.
         self._schedule = schedule

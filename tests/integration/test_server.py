@@ -15,7 +15,8 @@ from websockets.exceptions import ConnectionClosed
 from wsproto.frame_protocol import FrameProtocol
 
 from rawchat.config import KiB
-from rawchat.connection import HELD_RECEIVE_BUFFER, SEGMENT_CAP, Connection
+from rawchat.connection import Connection
+from rawchat.sockets import HELD_RECEIVE_BUFFER, SEGMENT_CAP
 from tests.integration.conftest import RawClient, run, serving, ws_url
 from tests.processes import ServerProcess
 

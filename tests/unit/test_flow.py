@@ -101,3 +101,21 @@ def test_held_senders_take_turns_one_message_each() -> None:
     assert sorted(texts) == [f"{name}{i:02d}" for name in "ab" for i in range(20)]
     assert "".join(t[0] for t in texts) == "ab" * 20, "in turns, not one sender's backlog first"
     assert alice.transport.reading and bob.transport.reading, "both read again once caught up"
+
+
+def test_messages_waiting_for_their_turn_survive_the_senders_eof() -> None:
+    state, loop = make_state(max_buffer=4096, rate=0)
+    sender, behind, reader = Client(state, loop), Client(state, loop), Client(state, loop)
+    behind.conn.pause_writing()
+    sender.send_raw(b"".join(sender.ws.send(TextMessage(f"m{i}")) for i in range(5)))
+    assert not sender.transport.reading, "held, with messages still waiting"
+    # The client hangs up (sends FIN) having said all it had to say.
+    if not sender.conn.eof_received():
+        sender.transport.close()  # what asyncio does when eof_received returns a false value
+    loop.run_ready()
+    behind.conn.resume_writing()
+    while loop.ready:
+        reader.receive()
+    texts = [e.data for e in reader.events if isinstance(e, TextMessage)]
+    assert texts == [f"m{i}" for i in range(5)]
+    assert sender.transport.closed, "closed once what it sent was handled"
