@@ -167,8 +167,14 @@ def test_fanout_counts_every_delivery(server: str) -> None:
 
 def test_scale_runs_fanout_at_each_client_count_on_fresh_connections() -> None:
     load = load_for(
-        "scale", client_counts=(5, 20), senders=2, rate=40.0, duration=0.5, warmup=0.2,
-        sample_every=2, status=False,
+        "scale",
+        client_counts=(5, 20),
+        senders=2,
+        rate=40.0,
+        duration=0.5,
+        warmup=0.2,
+        sample_every=2,
+        status=False,
     )
 
     async def main() -> dict[str, Any]:
@@ -200,8 +206,9 @@ def _server_processes() -> set[int]:
         except OSError:
             continue
         text = b" ".join(argv)
-        if b"redis-server" in text or (b"rawchat" in text and (
-                b"--reuse-port" in text or b"--workers" in text)):
+        if b"redis-server" in text or (
+            b"rawchat" in text and (b"--reuse-port" in text or b"--workers" in text)
+        ):
             found.add(int(entry.name))
     return found
 
@@ -210,8 +217,17 @@ def _server_processes() -> set[int]:
 def test_workers_scenario_counts_both_and_leaves_nothing_running() -> None:
     before = _server_processes()
     load = load_for(
-        "workers", clients=20, senders=2, rate=40.0, duration=1.0, warmup=0.2,
-        sample_every=3, start_rate=40.0, step_seconds=1.0, max_steps=2, max_seconds=2.0,
+        "workers",
+        clients=20,
+        senders=2,
+        rate=40.0,
+        duration=1.0,
+        warmup=0.2,
+        sample_every=3,
+        start_rate=40.0,
+        step_seconds=1.0,
+        max_steps=2,
+        max_seconds=2.0,
         status=False,
     )
     result = asyncio.run(workers(ServerSpec.parse("rawchat-asyncio"), load, pin=False))

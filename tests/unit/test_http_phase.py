@@ -367,7 +367,7 @@ def test_idle_http_connections_count_against_the_connection_cap(site: Path) -> N
     late = Client(state, loop)
     assert late.conn.outbox is None, "no upgrade past the cap"
     assert state.metrics.handshake_failures["full"] == 1
-    for conn, transport in idle:
+    for _conn, transport in idle:
         transport.close()
     loop.run_ready()
     assert state.occupancy.total == 0
