@@ -18,24 +18,22 @@ lost to a TCP reset.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import h11
 from wsproto.connection import Connection as WebSocket
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-from rawchat import http, limits, sockets, wsparser
+from rawchat import http, sockets, wsparser
 from rawchat.chat import Chat
 from rawchat.config import Config
 from rawchat.flow import Backpressure
+from rawchat.http_phase import HttpPhase, Phase, Route
 from rawchat.hub import Hub, Outbox
 from rawchat.limits import Occupancy, PerAddress, TokenBucket
 from rawchat.messages import CloseCode
@@ -46,27 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rawchat.connection")
 
-
-class Phase(enum.Enum):
-    #: h11 reads requests: static files, /healthz, /metrics, the opening handshake.
-    HTTP = enum.auto()
-    #: An error reply went out and our side is shut: what the client still sends is discarded.
-    LINGER = enum.auto()
-    #: wsproto reads frames.
-    WEBSOCKET = enum.auto()
-    CLOSED = enum.auto()
-
-
-#: How long a connection whose error reply went out keeps reading (and discarding)
-#: what the client still sends, so that closing with unread bytes, which makes the
-#: kernel send a reset, cannot destroy the reply before the client has read it.
-LINGER_SECONDS = 2.0
-
-#: A route: a path's handler, answering a GET or HEAD with a whole reply.
-Route = Callable[[], http.Reply]
-
-#: Bytes handed to h11 at a time (see _received).
-_HEAD_SLICE = 1024
 
 #: Bytes taken off a socket per read (see Connection.get_buffer).
 READ_SIZE = 16 * 1024
@@ -128,7 +105,6 @@ class Connection(asyncio.BufferedProtocol):
         "_drops",
         "phase",
         "http",
-        "_request",
         "_timer",
         "ws",
         "outbox",
@@ -143,8 +119,6 @@ class Connection(asyncio.BufferedProtocol):
         "_parked",
         "_backlog",
         "_fixed_window",
-        "_counted",
-        "_refusal",
         "_pong",
         "_eof",
     )
@@ -161,8 +135,8 @@ class Connection(asyncio.BufferedProtocol):
         self._bucket: TokenBucket | None = None
         self._drops = 0
         self.phase = Phase.HTTP
-        self.http: h11.Connection | None = None
-        self._request: h11.Request | None = None
+        #: The HTTP side: requests, routes, admission, the connection's slot of the caps.
+        self.http: HttpPhase | None = None
         #: The one pending timeout of this connection: HTTP deadlines, then the close bound.
         self._timer: asyncio.TimerHandle | None = None
         #: wsproto's parser, made on the first bytes after the upgrade (see _parser).
@@ -187,10 +161,6 @@ class Connection(asyncio.BufferedProtocol):
         self._backlog: bytes | None = None
         #: Its kernel receive buffer no longer grows (it was held once).
         self._fixed_window = False
-        #: The address this connection holds a slot of the connection caps under, if any.
-        self._counted: str | None = None
-        #: The answer to any request on a connection past the caps (503 or 429).
-        self._refusal: http.Reply | None = None
         #: The payload of the latest ping not answered yet: one pong per read answers all.
         self._pong: bytes | None = None
         #: The client half-closed while some of what it sent still waited for its turn.
@@ -213,30 +183,17 @@ class Connection(asyncio.BufferedProtocol):
             # One string per address, however many connections come from it
             # (a proxy, a NAT): interned strings go when their last user does.
             self.address = sys.intern(str(peername[0]))
-        self.http = h11.Connection(
-            h11.SERVER,
-            max_incomplete_event_size=max(self.state.config.max_request_head - _HEAD_SLICE, 1),
-        )
-        self._set_timer(self.state.config.handshake_timeout, self._http_timeout)
-        self.state.connections.add(self)
-        self._take_slot()
-
-    def _take_slot(self) -> None:
-        """Count this connection against the caps from its first moment, any phase.
-
-        A connection past them is refused when its request comes. Behind a
-        trusted proxy the TCP peer is the proxy: its clients are told apart,
-        and counted per address, at the upgrade.
-        """
         state = self.state
-        address = self.address
-        status = state.occupancy.refusal("" if state.config.trust_proxy else address)
-        if status is None:
-            state.occupancy.enter(address)
-            self._counted = address
-        else:
-            state.metrics.handshake_failures["full" if status == 503 else "per_ip"] += 1
-            self._refusal = http.error_reply(status, (b"retry-after", b"5"))
+        state.connections.add(self)
+        self.http = HttpPhase(
+            self,
+            state.config,
+            state.routes,
+            state.static,
+            state.occupancy,
+            state.handshake_limiter,
+            state.metrics,
+        )
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # rawchat, not the event loop, decides how much one read takes off the
@@ -263,38 +220,15 @@ class Connection(asyncio.BufferedProtocol):
         if self.phase is Phase.WEBSOCKET:
             self._ws_received(data)
             self._send_pong()
-        elif self.phase is Phase.HTTP:
-            assert self.http is not None
-            if self.http.their_state is h11.IDLE and self._request is None and not self._pending():
-                # A new request starts: its head must arrive within the handshake
-                # bound, counted from its first byte (not restarted by each read).
-                self._set_timer(self.state.config.handshake_timeout, self._http_timeout)
-            # h11 measures a head only while it is incomplete, so a whole one
-            # arriving in one read could be any size. Fed in small slices, no
-            # head longer than --max-request-head gets through (see connection_made).
-            if len(data) <= _HEAD_SLICE:
-                self.http.receive_data(data)
-                self._drive_http()
-                return
-            for start in range(0, len(data), _HEAD_SLICE):
-                phase = self._phase_now()  # h11 may have upgraded or closed
-                if phase is Phase.WEBSOCKET:  # upgraded mid-read: the rest is frames
-                    self._ws_received(data[start:])
-                    self._send_pong()
-                    return
-                transport = self.transport
-                if phase is not Phase.HTTP or transport is None or transport.is_closing():
-                    return
-                self.http.receive_data(data[start : start + _HEAD_SLICE])
-                self._drive_http()
-
-    def _phase_now(self) -> Phase:
-        return self.phase
+        elif self.phase is Phase.HTTP and self.http is not None:
+            frames = self.http.receive(data)
+            if frames:
+                self._ws_received(frames)
+                self._send_pong()
 
     def eof_received(self) -> bool | None:
         if self.phase is Phase.HTTP and self.http is not None:
-            self.http.receive_data(b"")
-            self._drive_http()
+            self.http.receive_eof()
         elif self.phase is Phase.WEBSOCKET and (self._held or self._backlog):
             # What the client sent before its EOF still waits for flow control's
             # turns: keep the transport until that is handled (see take_turn).
@@ -320,9 +254,8 @@ class Connection(asyncio.BufferedProtocol):
                 code,
                 extra={"event": "close", "client": self.address, "code": int(code)},
             )
-        if self._counted is not None:
-            state.occupancy.leave(self._counted)
-            self._counted = None
+        if self.http is not None:
+            self.http.slot.release()
         state.flow.forget(self)
         self._backlog = None
         state.forget(self)
@@ -350,179 +283,11 @@ class Connection(asyncio.BufferedProtocol):
         elif self.phase is Phase.HTTP and self.transport is not None:
             self.transport.resume_reading()
 
-    # -- HTTP phase -----------------------------------------------------------------
+    # -- the upgrade (rawchat.http_phase.Host) ------------------------------------------
 
-    def _drive_http(self) -> None:
-        conn = self.http
-        while self.phase is Phase.HTTP and conn is not None:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                log.debug("%s: bad HTTP request: %s", self.peer, exc)
-                self._http_fail(exc.error_status_hint)
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.Request):
-                self._request = event
-                if self._refusal is not None:
-                    self._reply(self._refusal, close=True)
-                    return
-                if event.method not in (b"GET", b"HEAD"):
-                    # Answer at once and close: no need to read a body we refuse.
-                    self._reply(http.error_reply(405, (b"allow", http.ALLOWED_METHODS)), close=True)
-                    return
-            elif isinstance(event, h11.EndOfMessage):
-                self._respond()
-            elif isinstance(event, h11.ConnectionClosed):
-                self._close_transport()
-                return
-            # h11.Data: request bodies are not used by anything rawchat serves.
-
-    def _respond(self) -> None:
-        request = self._request
-        assert request is not None and self.http is not None
-        self._request = None
-        head_only = request.method == b"HEAD"
-        path = http.path_of(request.target)
-        if path == http.WEBSOCKET_PATH:
-            decision = self._admit(request)
-            if isinstance(decision, http.Upgrade):
-                self._upgrade(decision)
-            else:
-                self._reply(decision, head_only=head_only)
-        elif path in self.state.routes:
-            self._reply(self.state.routes[path](), head_only=head_only)
-        else:
-            self._reply(self.state.static.reply(request.target), head_only=head_only)
-
-    def _admit(self, request: h11.Request) -> http.Upgrade | http.Reply:
-        """Check an opening handshake against the RFC, then against our limits."""
-        state = self.state
-        config = state.config
-        decision = http.check_upgrade(request)
-        reason = None
-        if isinstance(decision, http.Reply):
-            reason = {405: "method", 426: "version"}.get(decision.status, "bad_request")
-        else:
-            self.address = limits.client_address(self.address, request.headers, config.trust_proxy)
-            origin = http.single_header(request, b"origin")
-            host = http.single_header(request, b"host")
-            if not limits.origin_allowed(
-                None if origin is None else origin.decode("latin-1"),
-                None if host is None else host.decode("latin-1"),
-                config.allow_origins,
-                tls=config.certfile is not None,
-            ):
-                reason, decision = "origin", http.error_reply(403)
-            elif not state.handshake_limiter.allow(self.address):
-                reason, decision = "rate", http.error_reply(429, (b"retry-after", b"1"))
-            elif self._counted != self.address:
-                # Behind a trusted proxy: its slot moves to the forwarded address.
-                status = self._move_slot(self.address)
-                if status is not None:
-                    reason = "full" if status == 503 else "per_ip"
-                    decision = http.error_reply(status, (b"retry-after", b"5"))
-        if reason is not None:
-            state.metrics.handshake_failures[reason] += 1
-            log.debug("%s: refused upgrade (%s)", self.peer, reason)
-        return decision
-
-    def _move_slot(self, address: str) -> int | None:
-        """Count this connection under ``address``, or say why it may not be (503, 429)."""
-        occupancy, previous = self.state.occupancy, self._counted
-        if previous is not None:
-            occupancy.leave(previous)
-        status = occupancy.refusal(address)
-        if status is not None:
-            if previous is not None:  # refused: it stays counted where it was
-                occupancy.enter(previous)
-            return status
-        occupancy.enter(address)
-        self._counted = address
-        return None
-
-    def _reply(self, reply: http.Reply, *, head_only: bool = False, close: bool = False) -> None:
-        conn = self.http
-        assert conn is not None and self.transport is not None
-        headers = reply.headers
-        if close:
-            headers = [*headers, (b"connection", b"close")]
-        response = h11.Response(
-            status_code=reply.status, headers=headers, reason=http.reason(reply.status)
-        )
-        data = conn.send(response) or b""
-        if reply.body and not head_only:
-            data += conn.send(h11.Data(data=reply.body)) or b""
-        data += conn.send(h11.EndOfMessage()) or b""
-        self.transport.write(data)
-        if conn.our_state is h11.MUST_CLOSE:
-            if close:
-                self._linger()
-            else:
-                self._close_transport()
-        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-            self._set_timer(self.state.config.keepalive_timeout, self._http_timeout)
-
-    def _http_fail(self, status: int) -> None:
-        conn = self.http
-        if conn is not None and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            try:
-                self._reply(http.error_reply(status), close=True)
-                return
-            except h11.LocalProtocolError:
-                pass
-        self._close_transport()
-
-    def _linger(self) -> None:
-        """Shut our side after an error reply, discard what comes, close at EOF or in a while.
-
-        A socket closed with unread bytes in it makes the kernel send a reset,
-        and a reset can destroy the reply before the client has read it: a
-        client sending a body we refused (405) or an oversized head (431)
-        would see a broken connection instead of the status.
-        """
+    def upgrade(self, decision: http.Upgrade, trailing: bytes) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing() or not transport.can_write_eof():
-            self._close_transport()
-            return
-        self.phase = Phase.LINGER
-        self.http = None
-        transport.write_eof()
-        self._set_timer(LINGER_SECONDS, self._close_transport)
-
-    def _http_timeout(self) -> None:
-        """A request head too slow to arrive gets 408; an idle keep-alive just closes."""
-        self._timer = None
-        if self.phase is not Phase.HTTP or self.http is None:
-            return
-        if self.http.their_state is h11.IDLE and self._request is None and not self._pending():
-            self._close_transport()
-        else:
-            self._http_fail(408)
-
-    def _pending(self) -> bool:
-        # h11 keeps received bytes it has not parsed yet; a partial head is pending.
-        return bool(self.http is not None and self.http.trailing_data[0])
-
-    # -- the upgrade ----------------------------------------------------------------
-
-    def _upgrade(self, decision: http.Upgrade) -> None:
-        conn = self.http
-        transport = self.transport
-        assert conn is not None and transport is not None
-        transport.write(
-            conn.send(
-                h11.InformationalResponse(
-                    status_code=101, headers=decision.headers, reason=b"Switching Protocols"
-                )
-            )
-            or b""
-        )
-        trailing, _ = conn.trailing_data
-        # h11 has nothing more to do: drop it, it is the biggest object we hold.
-        self.http = None
+        assert transport is not None
         self._cancel_timer()
         self.phase = Phase.WEBSOCKET
         state = self.state
@@ -535,7 +300,7 @@ class Connection(asyncio.BufferedProtocol):
             self.session = state.chat.connect_plain(self.outbox, self)
         else:
             self.session = state.chat.connect_v1(self.outbox, self)
-            self._set_timer(state.config.handshake_timeout, self._hello_timeout)
+            self.set_timer(state.config.handshake_timeout, self._hello_timeout)
         mode = decision.subprotocol or "plain"
         log.info(
             "%s: websocket open (%s)",
@@ -694,7 +459,7 @@ class Connection(asyncio.BufferedProtocol):
             self._leave()
             if self.outbox is not None:
                 self.state.hub.drop(self.outbox)
-            self._close_transport()
+            self.close_transport()
         elif not transport.is_closing():
             transport.resume_reading()
         return False
@@ -776,10 +541,10 @@ class Connection(asyncio.BufferedProtocol):
             # The client closes: echo its code, then drop TCP first (RFC 6455, 7.1.1).
             self._leave()
             self.transport.write(ws.send(event.response()))
-            self._close_transport()
+            self.close_transport()
         elif ws.state is ConnectionState.CLOSED:
             # The answer to our own close frame.
-            self._close_transport()
+            self.close_transport()
         else:
             # wsproto reports a malformed frame as a CloseConnection it made up.
             log.debug("%s: protocol error %d: %s", self.peer, event.code, event.reason)
@@ -825,9 +590,9 @@ class Connection(asyncio.BufferedProtocol):
         try:
             transport.write(queued + ws.send(CloseConnection(code=code, reason=reason)))
         except LocalProtocolError:
-            self._close_transport()
+            self.close_transport()
             return
-        self._set_timer(self.state.config.close_timeout, self._abort)
+        self.set_timer(self.state.config.close_timeout, self._abort)
 
     def _leave(self) -> None:
         """Leave the chat now: a closing client gets no more broadcasts."""
@@ -856,19 +621,19 @@ class Connection(asyncio.BufferedProtocol):
             log.debug("%s: close timed out, aborting", self.peer)
             self.transport.abort()
 
-    def _close_transport(self) -> None:
+    def close_transport(self) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()
             # close() waits for the write buffer to drain; a peer that stops
             # reading would keep it open forever.
-            self._set_timer(self.state.config.close_timeout, self._abort)
+            self.set_timer(self.state.config.close_timeout, self._abort)
         else:
             self._cancel_timer()
 
     # -- timers ---------------------------------------------------------------------
 
-    def _set_timer(self, delay: float, callback: Any) -> None:
+    def set_timer(self, delay: float, callback: Any) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self.state.loop.call_later(delay, callback)

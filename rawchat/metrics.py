@@ -21,11 +21,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
+#: The text format rawchat's names need: none is outside the legacy character set,
+#: so generate_latest's output is the 0.0.4 format every Prometheus reads.
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 class Counters:

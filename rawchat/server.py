@@ -14,7 +14,8 @@ from wsproto.frame_protocol import CloseReason
 
 from rawchat import http, metrics
 from rawchat.config import Config
-from rawchat.connection import Connection, Phase, Shared
+from rawchat.connection import Connection, Shared
+from rawchat.http_phase import Phase
 from rawchat.keepalive import Keepalive
 from rawchat.metrics import Exposition, Sources
 from rawchat.sockets import cap_segments

@@ -8,7 +8,8 @@ from pathlib import Path
 import h11
 import pytest
 
-from rawchat.connection import LINGER_SECONDS, Connection
+from rawchat.connection import Connection
+from rawchat.http_phase import LINGER_SECONDS
 from tests.unit.fakes import FakeTransport, connect, make_state, read_body
 
 KEY = base64.b64encode(b"0123456789abcdef")
