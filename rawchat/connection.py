@@ -35,7 +35,8 @@ from rawchat.config import Config
 from rawchat.flow import Backpressure
 from rawchat.http_phase import HttpPhase, Phase, Route
 from rawchat.hub import Hub, Outbox
-from rawchat.limits import Occupancy, PerAddress, TokenBucket
+from rawchat.inbound import Inbound, Verdict
+from rawchat.limits import Occupancy, PerAddress
 from rawchat.messages import CloseCode
 from rawchat.metrics import Counters
 
@@ -101,16 +102,13 @@ class Connection(asyncio.BufferedProtocol):
         "transport",
         "address",
         "close_code",
-        "_bucket",
-        "_drops",
+        "inbound",
         "phase",
         "http",
         "_timer",
         "ws",
         "outbox",
         "session",
-        "_parts",
-        "_size",
         "_closing",
         "_failed",
         "ping_deadline",
@@ -130,10 +128,15 @@ class Connection(asyncio.BufferedProtocol):
         self.address = "-"
         #: The close code exchanged (sent or received first); None before any.
         self.close_code: int | None = None
-        #: Per-connection message rate limit, and messages dropped by it in a row.
-        #: The bucket is made on the first message, and dropped at a pong once full again.
-        self._bucket: TokenBucket | None = None
-        self._drops = 0
+        config = state.config
+        self.inbound = Inbound(
+            state.chat,
+            state.metrics,
+            max_message=config.max_message,
+            rate=config.rate,
+            burst=config.burst,
+            clock=state.loop.time,
+        )
         self.phase = Phase.HTTP
         #: The HTTP side: requests, routes, admission, the connection's slot of the caps.
         self.http: HttpPhase | None = None
@@ -143,9 +146,6 @@ class Connection(asyncio.BufferedProtocol):
         self.ws: WebSocket | None = None
         self.outbox: Outbox | None = None
         self.session: Session | None = None
-        #: Fragments of the message being received, and their length so far.
-        self._parts: list[Any] | None = None
-        self._size = 0
         #: We sent a close frame (or are about to): incoming messages are ignored.
         self._closing = False
         #: The peer broke the protocol: incoming bytes are discarded.
@@ -256,6 +256,7 @@ class Connection(asyncio.BufferedProtocol):
             )
         if self.http is not None:
             self.http.slot.release()
+            self.http = None  # it points back here
         state.flow.forget(self)
         self._backlog = None
         state.forget(self)
@@ -384,7 +385,7 @@ class Connection(asyncio.BufferedProtocol):
             kind = type(event)
             if kind is TextMessage or kind is BytesMessage:
                 if not self._closing:
-                    self._message_part(event)  # type: ignore[arg-type]
+                    self._message(event)  # type: ignore[arg-type]
             elif kind is Ping:
                 self._pong = event.payload  # type: ignore[attr-defined]
             elif kind is Pong:
@@ -393,9 +394,7 @@ class Connection(asyncio.BufferedProtocol):
                     # An idle client's only traffic: drop the parser until the
                     # next bytes (nothing else is left in this chunk).
                     self._drop_parser()
-                bucket = self._bucket
-                if bucket is not None and bucket.full(self.state.loop.time()):
-                    self._bucket = None  # a new one is made full too
+                self.inbound.rested()
             elif kind is CloseConnection:
                 self._close_received(event)  # type: ignore[arg-type]
             if self._held or self._turn:
@@ -464,73 +463,20 @@ class Connection(asyncio.BufferedProtocol):
             transport.resume_reading()
         return False
 
-    def _message_part(self, event: TextMessage | BytesMessage) -> None:
-        data = event.data
-        limit = self.state.config.max_message
-        parts = self._parts
-        if parts is None:
-            if event.message_finished:
-                # The common case, a message in one frame: no joining.
-                self._deliver(data, limit)
-                return
-            parts = self._parts = []
-            self._size = 0
-        # Characters, for text: a bound on memory; the exact byte count is checked
-        # once the message is whole.
-        self._size += len(data)
-        if self._size > limit:
-            self._parts = None
+    def _message(self, event: TextMessage | BytesMessage) -> None:
+        verdict = self.inbound.receive(event, self.session)
+        if verdict is Verdict.DELIVERED:
+            session = self.session
+            if session is not None and session.greeted and not self._closing:
+                self._cancel_timer()  # the hello came: no hello timeout
+            if (self.state.hub.pressed or self.state.flow.congested) and not self._turn:
+                self.state.flow.hold(self)
+        elif verdict is Verdict.TOO_BIG:
             self.fail(CloseReason.MESSAGE_TOO_BIG, wsparser.TOO_BIG)
-            return
-        parts.append(data)
-        if event.message_finished:
-            self._parts = None
-            joined: str | bytes = "".join(parts) if isinstance(data, str) else b"".join(parts)
-            self._deliver(joined, limit)
-
-    def _deliver(self, data: str | bytes | bytearray, limit: int) -> None:
-        size = len(data)
-        if isinstance(data, str) and size * 4 > limit and size <= limit:
-            size = len(data.encode())
-        if size > limit:
-            self.fail(CloseReason.MESSAGE_TOO_BIG, wsparser.TOO_BIG)
-            return
-        session = self.session
-        if session is None:
-            return
-        state = self.state
-        state.metrics.messages_in += 1
-        bucket = self._bucket
-        if bucket is None and state.config.rate > 0:
-            # Full, as one made at the upgrade would be by now.
-            bucket = self._bucket = TokenBucket(
-                state.config.rate, state.config.burst, state.loop.time()
-            )
-        if bucket is not None and not bucket.take(state.loop.time()):
-            self._rate_limited(session, data)
-            return
-        self._drops = 0
-        if session.plain:
-            payload = data if isinstance(data, str) else bytes(data)
-            state.chat.plain_message(session, payload)
-        elif isinstance(data, str):
-            state.chat.v1_message(session, data)
-            if session.greeted and self._timer is not None and not self._closing:
-                self._cancel_timer()
-        else:
-            self.close(CloseReason.UNSUPPORTED_DATA, "rawchat.v1 speaks JSON text frames")
-            return
-        if (state.hub.pressed or state.flow.congested) and not self._turn:
-            state.flow.hold(self)
-
-    def _rate_limited(self, session: Session, data: str | bytes | bytearray) -> None:
-        """Drop one message over the rate; close a client that keeps flooding."""
-        self.state.metrics.rate_limited += 1
-        self._drops += 1
-        if self._drops > self.state.config.burst:
+        elif verdict is Verdict.FLOODING:
             self.close(CloseCode.RATE_LIMITED, "too many messages")
-        elif not session.plain and isinstance(data, str):
-            self.state.chat.refuse(session, "rate_limited", "slow down: message dropped", data)
+        elif verdict is Verdict.NOT_TEXT:
+            self.close(CloseReason.UNSUPPORTED_DATA, "rawchat.v1 speaks JSON text frames")
 
     def _close_received(self, event: CloseConnection) -> None:
         ws = self.ws

@@ -216,15 +216,15 @@ def test_a_pong_with_more_bytes_behind_it_keeps_the_parser() -> None:
 def test_the_rate_bucket_is_made_by_a_message_and_dropped_once_full() -> None:
     state, loop = make_state(rate=1.0, burst=2)
     a, b = Client(state, loop), Client(state, loop)
-    assert a.conn._bucket is None
+    assert a.conn.inbound.bucket is None
     for text in ("1", "2", "3"):  # the third is over the burst
         a.send(TextMessage(text))
-    assert a.conn._bucket is not None
+    assert a.conn.inbound.bucket is not None
     a.send(Pong(b""))
-    assert a.conn._bucket is not None  # not full yet: what it knows still counts
+    assert a.conn.inbound.bucket is not None  # not full yet: what it knows still counts
     loop.advance(2.0)
     a.send(Pong(b""))
-    assert a.conn._bucket is None
+    assert a.conn.inbound.bucket is None
     for text in ("4", "5", "6"):  # a full burst again, then one too many
         a.send(TextMessage(text))
     b.receive()
