@@ -1,23 +1,20 @@
-"""One client connection: an asyncio protocol with an HTTP phase and a WebSocket phase.
+"""One client connection: the asyncio protocol that runs its phases.
 
-The HTTP phase is driven by h11: static files, error replies, and the opening
-handshake. When a valid upgrade arrives, the 101 goes out through h11, and
-whatever bytes h11 had already received past the request (a client may send its
-first frames without waiting for the 101) are handed to a wsproto
-``Connection`` as ``trailing_data``. From then on wsproto parses incoming frames,
-and outgoing chat frames come from the hub, already encoded.
+Every connection starts in its HTTP phase (rawchat.http_phase: h11, the routes
+the server injects, static files, admission). A valid upgrade hands h11's
+leftover bytes to wsproto (rawchat.wsparser), and from then on this protocol
+feeds frames in, hands messages to rawchat.inbound, answers pings (one pong per
+read) and runs the closing handshake (:class:`Closing`). Outgoing chat frames
+come from the hub, already encoded.
 
-Closing follows RFC 6455 section 7: when the client closes, the close frame is
-echoed and the server drops the TCP connection first; when the server closes, it
-sends its close frame and waits (at most ``close_timeout``) for the client's.
-After a protocol error the server stops reading frames, sends its close frame,
-half-closes its side and lets the client hang up, so the close frame is not
-lost to a TCP reset.
+``close`` is the one way to end a WebSocket: the chat session, the hub (an
+eviction), flow control (through the hub) and the keepalive all ask it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import sys
 from pathlib import Path
@@ -44,6 +41,25 @@ if TYPE_CHECKING:
     from rawchat.chat import Session
 
 log = logging.getLogger("rawchat.connection")
+
+
+class Closing(enum.Enum):
+    """Where a WebSocket is in its closing handshake (RFC 6455, section 7).
+
+    When the client closes, its close frame is echoed and the server drops the
+    TCP connection first. When the server closes, it sends its close frame and
+    waits (at most ``close_timeout``) for the client's. After a protocol error
+    the server sends its close frame, half-closes its side and discards what
+    comes, so that the frame is not lost to a TCP reset.
+    """
+
+    #: Messages flow both ways.
+    OPEN = enum.auto()
+    #: Our close frame went out: incoming messages are ignored until the client's answer.
+    CLOSE_SENT = enum.auto()
+    #: The client broke the protocol: our close frame went out, our side is shut,
+    #: incoming bytes are discarded.
+    FAILED = enum.auto()
 
 
 #: Bytes taken off a socket per read (see Connection.get_buffer).
@@ -109,8 +125,7 @@ class Connection(asyncio.BufferedProtocol):
         "ws",
         "outbox",
         "session",
-        "_closing",
-        "_failed",
+        "closing",
         "ping_deadline",
         "_held",
         "_turn",
@@ -147,9 +162,7 @@ class Connection(asyncio.BufferedProtocol):
         self.outbox: Outbox | None = None
         self.session: Session | None = None
         #: We sent a close frame (or are about to): incoming messages are ignored.
-        self._closing = False
-        #: The peer broke the protocol: incoming bytes are discarded.
-        self._failed = False
+        self.closing = Closing.OPEN
         #: When the outstanding ping must be answered by (loop time), 0 when none is.
         self.ping_deadline = 0.0
         #: Flow control holds this publisher: bytes read are kept, not handled.
@@ -272,7 +285,7 @@ class Connection(asyncio.BufferedProtocol):
         # WebSocket phase: the buffer passed the pressure mark. Flow control
         # holds the senders until this client drains, or evicts it if it doesn't.
         if self.phase is Phase.WEBSOCKET:
-            if self.outbox is not None and not self._closing:
+            if self.outbox is not None and self.closing is Closing.OPEN:
                 self.state.flow.congest(self.outbox)
         elif self.phase is Phase.HTTP and self.transport is not None:
             self.transport.pause_reading()
@@ -341,7 +354,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         view = memoryview(data)
         for start in range(0, len(data), step):
-            if self._failed or self.phase is not Phase.WEBSOCKET:
+            if self._failed() or self.phase is not Phase.WEBSOCKET:
                 return
             if self._held:
                 self._backlog = bytes(view[start:])
@@ -369,13 +382,19 @@ class Connection(asyncio.BufferedProtocol):
         """Answer the pings of one read with one pong, for the latest (RFC 6455, 5.5.3)."""
         payload, self._pong = self._pong, None
         ws, transport = self.ws, self.transport
-        if payload is None or self._closing or ws is None or transport is None:
+        if payload is None or ws is None or transport is None:
+            return
+        if self.closing is not Closing.OPEN:
             return
         if ws.state is ConnectionState.OPEN:
             transport.write(ws.send(Pong(payload)))
 
+    def _failed(self) -> bool:
+        """The client broke the protocol: what it sends is discarded."""
+        return self.closing is Closing.FAILED
+
     def _ws_chunk(self, data: bytes) -> None:
-        if self._failed or (not data and self.ws is None):  # a catch-up with nothing parsed
+        if self._failed() or (not data and self.ws is None):  # a catch-up with nothing parsed
             return
         ws = self._parser()
         if ws.state is ConnectionState.CLOSED:
@@ -384,7 +403,7 @@ class Connection(asyncio.BufferedProtocol):
         for event in ws.events():
             kind = type(event)
             if kind is TextMessage or kind is BytesMessage:
-                if not self._closing:
+                if self.closing is Closing.OPEN:
                     self._message(event)  # type: ignore[arg-type]
             elif kind is Ping:
                 self._pong = event.payload  # type: ignore[attr-defined]
@@ -402,7 +421,7 @@ class Connection(asyncio.BufferedProtocol):
                 # the next turn.
                 self._held = self._parked = True
                 return
-            if self._failed or self.phase is not Phase.WEBSOCKET:
+            if self._failed() or self.phase is not Phase.WEBSOCKET:
                 return
 
     # -- keepalive (rawchat.keepalive.Pinged) ---------------------------------------
@@ -467,7 +486,7 @@ class Connection(asyncio.BufferedProtocol):
         verdict = self.inbound.receive(event, self.session)
         if verdict is Verdict.DELIVERED:
             session = self.session
-            if session is not None and session.greeted and not self._closing:
+            if session is not None and session.greeted and self.closing is Closing.OPEN:
                 self._cancel_timer()  # the hello came: no hello timeout
             if (self.state.hub.pressed or self.state.flow.congested) and not self._turn:
                 self.state.flow.hold(self)
@@ -505,8 +524,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def fail(self, code: int, reason: str = "") -> None:
         """The client broke the protocol: close frame, half-close, ignore the rest."""
-        self._failed = True
         self._send_close(code, reason, flush=False)
+        self.closing = Closing.FAILED
         transport = self.transport
         if transport is not None and transport.can_write_eof():
             transport.write_eof()
@@ -518,12 +537,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def _send_close(self, code: int, reason: str, *, flush: bool) -> None:
         transport = self.transport
-        if self._closing or self.outbox is None or transport is None:
+        if self.closing is not Closing.OPEN or self.outbox is None or transport is None:
             return
         ws = self._parser()
         if ws.state is not ConnectionState.OPEN:
             return
-        self._closing = True
+        self.closing = Closing.CLOSE_SENT
         if self.close_code is None:
             self.close_code = code
         queued = b""
@@ -548,7 +567,11 @@ class Connection(asyncio.BufferedProtocol):
         self.state.websockets.discard(self)
 
     def _internal_error(self) -> None:
-        if self.phase is Phase.WEBSOCKET and self.outbox is not None and not self._closing:
+        if (
+            self.phase is Phase.WEBSOCKET
+            and self.outbox is not None
+            and self.closing is Closing.OPEN
+        ):
             try:
                 self.fail(CloseReason.INTERNAL_ERROR, "internal error")
                 return

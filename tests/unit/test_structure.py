@@ -21,12 +21,12 @@ KNOWN_LARGE: dict[str, int] = {
     "chat.py": 426,
     # Its WebSocket phase (message assembly, rate checks, the close handshake)
     # is still inside the asyncio protocol.
-    "connection.py": 590,
+    "connection.py": 613,
 }
 KNOWN_LARGE_CLASSES: dict[str, int] = {
     "broker.py:Broker": 339,
     "chat.py:Chat": 288,
-    "connection.py:Connection": 492,
+    "connection.py:Connection": 499,
 }
 
 
