@@ -155,7 +155,7 @@ def _header_tokens(request: h11.Request, name: bytes) -> list[bytes]:
     return tokens
 
 
-def header(request: h11.Request, name: bytes) -> bytes | None:
+def single_header(request: h11.Request, name: bytes) -> bytes | None:
     """The value of a header that must appear once, or None."""
     values = [value for key, value in request.headers if key == name]
     return values[0] if len(values) == 1 else None
@@ -182,11 +182,11 @@ def check_upgrade(request: h11.Request) -> Upgrade | Reply:
         return error_reply(400)
     if b"websocket" not in _header_tokens(request, b"upgrade"):
         return error_reply(426, (b"upgrade", b"websocket"), (b"sec-websocket-version", b"13"))
-    if header(request, b"sec-websocket-version") != b"13":
+    if single_header(request, b"sec-websocket-version") != b"13":
         return error_reply(426, (b"sec-websocket-version", b"13"))
     if b"upgrade" not in _header_tokens(request, b"connection"):
         return error_reply(400)
-    key = header(request, b"sec-websocket-key")
+    key = single_header(request, b"sec-websocket-key")
     if key is None or not _valid_key(key):
         return error_reply(400)
     headers = [

@@ -57,7 +57,7 @@ class CloseCode(IntEnum):
     TOO_MANY_ERRORS = 4000
     #: No hello arrived within the allowed time after the connection opened.
     HELLO_TIMEOUT = 4001
-    #: Reserved: sustained flooding beyond the rate limit.
+    #: Sustained flooding beyond the rate limit (more messages over it in a row than the burst).
     RATE_LIMITED = 4002
 
 

@@ -1,28 +1,46 @@
-"""Counters and the Prometheus text exposition format (version 0.0.4), by hand.
+"""Counters, ``/metrics`` (Prometheus, through prometheus_client) and ``/healthz``.
 
 The counters are plain integers bumped where things happen; nothing is
-computed until ``/metrics`` is asked for. Writing the format ourselves keeps
-rawchat free of a global registry, so that several servers can live in one
-process (the tests run many).
+computed until ``/metrics`` is asked for. A custom collector reads them, and
+the hub's own counters, at scrape time: the hot path never touches
+prometheus_client. Each server has its own ``CollectorRegistry`` (not the
+process-wide default), so that several servers can live in one process (the
+tests run many).
+
+This module imports nothing of rawchat's above it: the server hands it what
+to read as an :class:`Sources`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from rawchat.server import ServerState
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+#: The text format rawchat's names need: none is outside the legacy character set,
+#: so generate_latest's output is the 0.0.4 format every Prometheus reads.
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
-class Metrics:
-    """What the hub and the hub's own counters don't already keep."""
+class Counters:
+    """What the hub and flow control don't already count."""
+
+    __slots__ = (
+        "started",
+        "messages_in",
+        "handshakes",
+        "handshake_failures",
+        "close_codes",
+        "rate_limited",
+    )
 
     def __init__(self) -> None:
         self.started = time.time()
@@ -35,127 +53,146 @@ class Metrics:
         self.rate_limited = 0
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class FanOut(Protocol):
+    """The hub's counters (rawchat.hub.Hub)."""
+
+    frames_out: int
+    bytes_out: int
+    high_water: int
+    evicted: Counter[str]
 
 
-class _Writer:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
+class BrokerStatus(Protocol):
+    """The broker's health (rawchat.broker.Broker)."""
 
-    def family(
-        self,
-        name: str,
-        kind: str,
-        help_text: str,
-        samples: Iterable[tuple[dict[str, str], float]],
-    ) -> None:
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        sample_name = f"{name}_total" if kind == "counter" else name
-        for labels, value in samples:
-            rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            label_part = "{" + rendered + "}" if rendered else ""
-            number = repr(float(value)) if isinstance(value, float) else str(value)
-            self.lines.append(f"{sample_name}{label_part} {number}")
-
-    def one(self, name: str, kind: str, help_text: str, value: float) -> None:
-        self.family(name, kind, help_text, [({}, value)])
+    up: bool
+    node: str
+    outages: int
 
 
-def render(state: ServerState) -> bytes:
-    m = state.metrics
-    hub = state.hub
-    w = _Writer()
-    w.one(
-        "rawchat_uptime_seconds",
-        "gauge",
-        "Seconds since the server started.",
-        round(time.time() - m.started, 3),
-    )
-    w.one(
-        "rawchat_connections", "gauge", "Open TCP connections, any phase.", len(state.connections)
-    )
-    modes = Counter(
-        "plain" if c.session is None or c.session.plain else "v1" for c in state.websockets
-    )
-    w.family(
-        "rawchat_websockets",
-        "gauge",
-        "Open WebSocket connections by protocol.",
-        [({"protocol": mode}, modes.get(mode, 0)) for mode in ("plain", "v1")],
-    )
-    w.one("rawchat_rooms", "gauge", "Rooms with members or kept history.", len(state.chat.rooms))
-    w.one("rawchat_handshakes", "counter", "WebSocket upgrades accepted.", m.handshakes)
-    w.family(
-        "rawchat_handshake_failures",
-        "counter",
-        "WebSocket upgrades refused, by reason.",
-        [({"reason": reason}, n) for reason, n in sorted(m.handshake_failures.items())],
-    )
-    w.one(
-        "rawchat_messages_in", "counter", "WebSocket messages received from clients.", m.messages_in
-    )
-    w.one(
-        "rawchat_messages_out", "counter", "WebSocket frames sent through the hub.", hub.frames_out
-    )
-    w.one(
-        "rawchat_bytes_out",
-        "counter",
-        "Bytes of WebSocket frames sent through the hub.",
-        hub.bytes_out,
-    )
-    w.family(
-        "rawchat_evictions",
-        "counter",
-        "Clients evicted as too slow, by reason.",
-        [({"reason": reason}, n) for reason, n in sorted(hub.evicted.items())],
-    )
-    w.one(
-        "rawchat_senders_held",
-        "counter",
-        "Times a sender was held while a client was behind.",
-        state.flow.holds,
-    )
-    w.one(
-        "rawchat_rate_limited",
-        "counter",
-        "Messages dropped by the per-connection rate limit.",
-        m.rate_limited,
-    )
-    w.family(
-        "rawchat_close_codes",
-        "counter",
-        "WebSocket connections closed, by close code.",
-        [({"code": str(code)}, n) for code, n in sorted(m.close_codes.items())],
-    )
-    w.one(
-        "rawchat_write_buffer_high_water_bytes",
-        "gauge",
-        "Most bytes any one client had waiting to be sent.",
-        hub.high_water,
-    )
-    broker = state.broker
-    if broker is not None:
-        w.one(
-            "rawchat_broker_up", "gauge", "1 while the Redis broker is reachable.", int(broker.up)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sources:
+    """Where a scrape reads its values from, each read when it is asked for."""
+
+    counters: Counters
+    hub: FanOut
+    #: Open TCP connections, any phase.
+    connections: Callable[[], int]
+    #: Open WebSocket connections by protocol ("plain", "v1").
+    websockets: Callable[[], Counter[str]]
+    rooms: Callable[[], int]
+    #: Times a sender was held by flow control.
+    holds: Callable[[], int]
+    broker: Callable[[], BrokerStatus | None]
+
+
+class RawchatCollector(Collector):
+    """Turns :class:`Sources` into metric families at each scrape."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.sources
+        c, hub = s.counters, s.hub
+        yield _gauge(
+            "rawchat_uptime_seconds",
+            "Seconds since the server started.",
+            round(time.time() - c.started, 3),
         )
-        w.one("rawchat_broker_outages", "counter", "Times the broker was lost.", broker.outages)
-    return ("\n".join(w.lines) + "\n").encode()
+        yield _gauge("rawchat_connections", "Open TCP connections, any phase.", s.connections())
+        modes = s.websockets()
+        family = GaugeMetricFamily(
+            "rawchat_websockets", "Open WebSocket connections by protocol.", labels=["protocol"]
+        )
+        for mode in ("plain", "v1"):
+            family.add_metric([mode], modes.get(mode, 0))
+        yield family
+        yield _gauge("rawchat_rooms", "Rooms with members or kept history.", s.rooms())
+        yield _counter("rawchat_handshakes", "WebSocket upgrades accepted.", c.handshakes)
+        yield _by(
+            "rawchat_handshake_failures",
+            "WebSocket upgrades refused, by reason.",
+            "reason",
+            c.handshake_failures,
+        )
+        yield _counter(
+            "rawchat_messages_in", "WebSocket messages received from clients.", c.messages_in
+        )
+        yield _counter(
+            "rawchat_messages_out", "WebSocket frames sent through the hub.", hub.frames_out
+        )
+        yield _counter(
+            "rawchat_bytes_out", "Bytes of WebSocket frames sent through the hub.", hub.bytes_out
+        )
+        yield _by(
+            "rawchat_evictions", "Clients evicted as too slow, by reason.", "reason", hub.evicted
+        )
+        yield _counter(
+            "rawchat_senders_held", "Times a sender was held while a client was behind.", s.holds()
+        )
+        yield _counter(
+            "rawchat_rate_limited",
+            "Messages dropped by the per-connection rate limit.",
+            c.rate_limited,
+        )
+        yield _by(
+            "rawchat_close_codes",
+            "WebSocket connections closed, by close code.",
+            "code",
+            {str(code): n for code, n in c.close_codes.items()},
+        )
+        yield _gauge(
+            "rawchat_write_buffer_high_water_bytes",
+            "Most bytes any one client had waiting to be sent.",
+            hub.high_water,
+        )
+        broker = s.broker()
+        if broker is not None:
+            yield _gauge("rawchat_broker_up", "1 while the Redis broker is reachable.", broker.up)
+            yield _counter("rawchat_broker_outages", "Times the broker was lost.", broker.outages)
 
 
-def health(state: ServerState) -> bytes:
-    report: dict[str, object] = {
-        "status": "ok",
-        "connections": len(state.connections),
-        "websockets": len(state.websockets),
-        "rooms": len(state.chat.rooms),
-        "uptime": round(time.time() - state.metrics.started, 3),
-        "pid": os.getpid(),
-    }
-    broker = state.broker
-    if broker is not None:
-        report["broker"] = {"up": broker.up, "node": broker.node, "outages": broker.outages}
-        if not broker.up:
-            report["status"] = "degraded"
-    return json.dumps(report).encode()
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def _by(name: str, documentation: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, n in sorted(counts.items()):
+        family.add_metric([key], n)
+    return family
+
+
+class Exposition:
+    """One server's ``/metrics`` and ``/healthz`` bodies."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(RawchatCollector(sources))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def health(self) -> bytes:
+        s = self.sources
+        modes = s.websockets()
+        report: dict[str, object] = {
+            "status": "ok",
+            "connections": s.connections(),
+            "websockets": modes.total(),
+            "rooms": s.rooms(),
+            "uptime": round(time.time() - s.counters.started, 3),
+            "pid": os.getpid(),
+        }
+        broker = s.broker()
+        if broker is not None:
+            report["broker"] = {"up": broker.up, "node": broker.node, "outages": broker.outages}
+            if not broker.up:
+                report["status"] = "degraded"
+        return json.dumps(report).encode()

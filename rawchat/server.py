@@ -1,4 +1,4 @@
-"""The listener: shared state, keepalive, signals and graceful shutdown."""
+"""The listener: wiring, signals and graceful shutdown."""
 
 from __future__ import annotations
 
@@ -6,20 +6,19 @@ import asyncio
 import logging
 import signal
 import ssl
+from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsproto.frame_protocol import CloseReason
 
-from rawchat import frames, http
-from rawchat.chat import Chat
+from rawchat import http, metrics
 from rawchat.config import Config
-from rawchat.connection import READ_SIZE, Connection, cap_segments
-from rawchat.flow import Backpressure
-from rawchat.hub import Hub, Outbox
-from rawchat.limits import Occupancy, PerAddress
-from rawchat.metrics import Metrics
+from rawchat.connection import Connection, Shared
+from rawchat.http_phase import Phase
+from rawchat.keepalive import Keepalive
+from rawchat.metrics import Exposition, Sources
+from rawchat.sockets import cap_segments
 
 if TYPE_CHECKING:
     from rawchat.broker import Broker
@@ -27,86 +26,39 @@ if TYPE_CHECKING:
 log = logging.getLogger("rawchat")
 
 
-class ServerState:
-    """Everything the connections of one server share."""
+class ServerState(Shared):
+    """What the connections share, wired to the routes that report on them."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
-        self.config = config
-        self.loop = loop
-        self.hub = Hub(config.max_buffer, loop.call_soon, config.pressure_mark)
-        self.flow = Backpressure(self.hub, loop, config.slow_timeout)
-        self.chat = Chat(self.hub, config, loop.call_later)
-        static_dir = config.static_dir or http.default_static_dir()
-        self.static = http.StaticFiles(Path(static_dir))
-        #: Every open TCP connection, in any phase.
-        self.connections: set[Connection] = set()
-        #: The open WebSocket connections (those that get pings and the shutdown's 1001).
-        self.websockets: set[Connection] = set()
-        self.metrics = Metrics()
-        self.occupancy = Occupancy(config.max_connections, config.max_connections_per_ip)
-        self.handshake_limiter = PerAddress(
-            config.handshake_rate, config.handshake_burst, loop.time
-        )
+        super().__init__(config, loop)
         self.broker: Broker | None = None
-        #: Set during shutdown; resolved when the last connection is gone.
-        self.drained: asyncio.Future[None] | None = None
-        #: Where every connection's reads land (see Connection.get_buffer).
-        self.read_buffer = memoryview(bytearray(READ_SIZE))
+        self.exposition = Exposition(
+            Sources(
+                counters=self.metrics,
+                hub=self.hub,
+                connections=lambda: len(self.connections),
+                websockets=self.websocket_modes,
+                rooms=lambda: len(self.chat.rooms),
+                holds=lambda: self.flow.holds,
+                broker=lambda: self.broker,
+            )
+        )
+        exposition = self.exposition
+        self.routes["/healthz"] = lambda: http.document(b"application/json", exposition.health())
+        self.routes["/metrics"] = lambda: http.document(metrics.CONTENT_TYPE, exposition.render())
 
-    def forget(self, conn: Connection) -> None:
-        self.connections.discard(conn)
-        self.websockets.discard(conn)
-        if not self.connections and self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+    def websocket_modes(self) -> Counter[str]:
+        return Counter(
+            "plain" if c.session is None or c.session.plain else "v1" for c in self.websockets
+        )
 
 
-class Keepalive:
-    """Pings every WebSocket every ``interval`` and closes those that don't answer.
-
-    One timer serves all connections, and the ping frame is the same bytes for
-    everyone, so it goes out through the hub like any broadcast: a client too
-    slow to take a two-byte ping is evicted like any other slow client.
-    """
-
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-        self._handle: asyncio.TimerHandle | None = None
-
-    def start(self) -> None:
-        self._handle = self.state.loop.call_later(self.state.config.ping_interval, self._ping)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _ping(self) -> None:
-        state = self.state
-        now = state.loop.time()
-        deadline = now + state.config.ping_timeout
-        outboxes: list[Outbox] = []
-        for conn in state.websockets:
-            if conn.outbox is None:
-                continue
-            if conn.ping_deadline == 0.0:
-                conn.ping_deadline = deadline
-            outboxes.append(conn.outbox)
-        state.hub.broadcast(frames.PING, outboxes)
-        state.loop.call_at(deadline, self._check)
-        self._handle = state.loop.call_later(state.config.ping_interval, self._ping)
-
-    def _check(self) -> None:
-        now = self.state.loop.time()
-        for conn in list(self.state.websockets):
-            if 0.0 < conn.ping_deadline <= now:
-                if conn.held:
-                    # Flow control stopped reading this client: its pong may
-                    # be waiting behind its messages. It gets a full timeout
-                    # more, counted again until rawchat reads from it again.
-                    conn.ping_deadline = now + self.state.config.ping_timeout
-                    continue
-                log.debug("%s: no pong in time", conn.peer)
-                conn.close(CloseReason.INTERNAL_ERROR, "ping timeout")
+def keepalive(state: Shared) -> Keepalive:
+    """The keepalive of ``state``'s WebSockets, as its config sets it."""
+    config = state.config
+    return Keepalive(
+        state.loop, state.hub, state.websockets, config.ping_interval, config.ping_timeout
+    )
 
 
 class Server:
@@ -146,7 +98,7 @@ class Server:
         for listener in self._server.sockets:
             cap_segments(listener)  # before it listens: every client gets it
         await self._server.start_serving()
-        self._keepalive = Keepalive(state)
+        self._keepalive = keepalive(state)
         self._keepalive.start()
 
     async def shutdown(self) -> None:
@@ -158,7 +110,7 @@ class Server:
         if self._keepalive is not None:
             self._keepalive.stop()
         for conn in list(state.connections):
-            if conn.phase == 0 and conn.transport is not None:  # still HTTP: just close
+            if conn.phase is Phase.HTTP and conn.transport is not None:  # no handshake to do
                 conn.transport.close()
         state.chat.close()
         for conn in list(state.websockets):

@@ -444,11 +444,12 @@ def test_chat_and_resume_on_uvloop(
 
 
 def test_text_too_big_for_the_server_is_refused_by_the_page(open_chat: OpenChat) -> None:
-    # 40,000 accented characters are 80,000 bytes in UTF-8: over the server's 64 KiB
-    # message limit, which would close the connection (1009) if the page sent them.
+    # 16,000 control characters are within the server's max_text (16,256 at the
+    # default 64 KiB), but JSON writes each as a six-byte escape: 96,000 bytes, over
+    # the 64 KiB message limit, which would close the connection (1009) if sent.
     ann = open_chat("ann")
     bob = open_chat("bob")
-    long_text = "é" * 40_000
+    long_text = "a" + "\x01" * 16_000
     ann.send(long_text)
     expect(ann.page.get_by_test_id("notice")).to_contain_text("Not sent")
     composer = ann.page.get_by_role("textbox", name="Message", exact=True)

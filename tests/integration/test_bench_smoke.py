@@ -173,8 +173,14 @@ def test_fanout_counts_every_delivery(server: str) -> None:
 
 def test_scale_runs_fanout_at_each_client_count_on_fresh_connections() -> None:
     load = load_for(
-        "scale", client_counts=(5, 20), senders=2, rate=40.0, duration=0.5, warmup=0.2,
-        sample_every=2, status=False,
+        "scale",
+        client_counts=(5, 20),
+        senders=2,
+        rate=40.0,
+        duration=0.5,
+        warmup=0.2,
+        sample_every=2,
+        status=False,
     )
 
     async def main() -> dict[str, Any]:
@@ -206,8 +212,9 @@ def _server_processes() -> set[int]:
         except OSError:
             continue
         text = b" ".join(argv)
-        if b"redis-server" in text or (b"rawchat" in text and (
-                b"--reuse-port" in text or b"--workers" in text)):
+        if b"redis-server" in text or (
+            b"rawchat" in text and (b"--reuse-port" in text or b"--workers" in text)
+        ):
             found.add(int(entry.name))
     return found
 
@@ -215,10 +222,18 @@ def _server_processes() -> set[int]:
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_workers_scenario_counts_both_and_leaves_nothing_running() -> None:
     before = _server_processes()
-    # 5 senders share 40 msg/s: 8 each, under rawchat's default 10 msg/s per connection.
     load = load_for(
-        "workers", clients=20, senders=5, rate=40.0, duration=1.0, warmup=0.2,
-        sample_every=3, start_rate=40.0, step_seconds=1.0, max_steps=2, max_seconds=2.0,
+        "workers",
+        clients=20,
+        senders=5,
+        rate=40.0,
+        duration=1.0,
+        warmup=0.2,
+        sample_every=3,
+        start_rate=40.0,
+        step_seconds=1.0,
+        max_steps=2,
+        max_seconds=2.0,
         status=False,
     )
     result = asyncio.run(workers(ServerSpec.parse("rawchat-asyncio"), load, pin=False))
@@ -274,7 +289,9 @@ def test_slow_room_times_the_readers_and_the_slow_clients_close() -> None:
     assert m["server_slow_timeout_s"] == 0.3
     assert m["slow_stalled_at_s"] is not None
     assert m["slow_evicted_at_s"] is not None, "rawchat never evicted the reader that stopped"
-    assert m["server_evictions"] == {"slow_timeout": 1}
+    # Evicted alone: when it stopped reading (slow_timeout) or when what it owed
+    # passed --max-buffer first (buffer_full), the fast ones go on.
+    assert sum(m["server_evictions"].values()) == 1, m["server_evictions"]
 
 
 def test_refused_upgrades_are_counted_not_fatal() -> None:

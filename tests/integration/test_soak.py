@@ -368,9 +368,7 @@ async def open_client(
     ledger: Ledger, port: int, label: str, rooms: tuple[str, ...] | None
 ) -> SoakClient:
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_connection(
-        lambda: SoakClient(ledger, label, rooms), HOST, port
-    )
+    _, protocol = await loop.create_connection(lambda: SoakClient(ledger, label, rooms), HOST, port)
     client = cast(SoakClient, protocol)
     ledger.clients.append(client)
     async with asyncio.timeout(CONNECT_TIMEOUT):

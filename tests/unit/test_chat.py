@@ -198,7 +198,7 @@ def test_what_plain_clients_said_alone_reaches_a_v1_client_that_joins_later() ->
     state, loop = make_state(history=3)
     plain = Client(state, loop)
     for i in range(4):
-        plain.send(TextMessage(f"p{i} \"quoted\" \u00e9"))
+        plain.send(TextMessage(f'p{i} "quoted" \u00e9'))
     ann = hello(state, loop, "ann")
     ann.say(type="msg", room="lobby", text="then ann")
     bob = hello(state, loop, "bob")

@@ -12,7 +12,7 @@ import pytest
 
 GUARD = Path(__file__).parents[1] / "conftest.py"
 
-CASES = '''
+CASES = """
 import asyncio
 import logging
 
@@ -56,7 +56,7 @@ def test_rawchat_warns():
 
 def test_a_quiet_loop():
     asyncio.run(asyncio.sleep(0))
-'''
+"""
 
 
 def test_the_guard_fails_every_test_that_logged_an_error(pytester: pytest.Pytester) -> None:

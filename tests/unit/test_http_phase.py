@@ -9,6 +9,7 @@ import h11
 import pytest
 
 from rawchat.connection import Connection
+from rawchat.http_phase import LINGER_SECONDS
 from tests.unit.fakes import FakeTransport, connect, make_state, read_body
 
 KEY = base64.b64encode(b"0123456789abcdef")
@@ -128,6 +129,39 @@ def test_other_methods_get_405_with_allow(site: Path) -> None:
     transport, head, _ = get(site, "/", "POST", "Content-Length: 3\r\n")
     assert head.status_code == 405
     assert header(head, b"allow") == b"GET, HEAD"
+    assert_lingers(transport)
+
+
+def assert_lingers(transport: FakeTransport) -> None:
+    """Our side is shut but the socket stays open, reading, for the client to read the reply.
+
+    Closed at once with the client's unread bytes in it, the socket would be reset,
+    and a reset can destroy the reply before the client has read it.
+    """
+    assert transport.eof_written and not transport.closed
+    assert transport.reading
+
+
+def test_a_refused_body_is_discarded_while_lingering_then_closed_at_eof(site: Path) -> None:
+    state, _ = make_state(static_dir=site)
+    conn, transport = connect(state)
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    head, _ = one(transport.take())
+    assert head.status_code == 405
+    assert_lingers(transport)
+    conn.data_received(b"b" * 65536)  # the body it was sending anyway: read, not answered
+    assert transport.take() == b"" and not transport.closed
+    assert conn.eof_received() is None  # asyncio closes the transport itself
+
+
+def test_lingering_ends_after_a_bound_if_the_client_never_hangs_up(site: Path) -> None:
+    state, loop = make_state(static_dir=site, max_request_head=2048)
+    conn, transport = connect(state)
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 4096)
+    head, _ = one(transport.take())
+    assert head.status_code == 431
+    assert_lingers(transport)
+    loop.advance(LINGER_SECONDS + 0.1)
     assert transport.closed
 
 
@@ -156,7 +190,7 @@ def test_malformed_request_gets_400_and_close(site: Path) -> None:
     conn.data_received(b"GARBAGE\r\n\r\n")
     head, _ = one(transport.take())
     assert head.status_code == 400
-    assert transport.closed
+    assert_lingers(transport)
 
 
 def test_logs_name_the_tcp_peer(site: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -188,7 +222,7 @@ def test_oversized_request_head_gets_431(site: Path) -> None:
     conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 4096)
     head, _ = one(transport.take())
     assert head.status_code == 431
-    assert transport.closed
+    assert_lingers(transport)
 
 
 def test_a_request_head_that_never_completes_times_out_with_408(site: Path) -> None:
@@ -200,7 +234,7 @@ def test_a_request_head_that_never_completes_times_out_with_408(site: Path) -> N
     loop.advance(0.2)
     head, _ = one(transport.take())
     assert head.status_code == 408
-    assert transport.closed
+    assert_lingers(transport)
 
 
 def test_an_idle_keep_alive_connection_is_closed_quietly(site: Path) -> None:
@@ -324,3 +358,28 @@ def test_html_pages_may_run_only_their_own_scripts(site: Path) -> None:
 def test_responses_carry_their_reason_phrase(site: Path) -> None:
     _, head, _ = get(site, "/missing")
     assert head.reason == b"Not Found"
+
+
+def test_idle_http_connections_count_against_the_connection_cap(site: Path) -> None:
+    from tests.unit.fakes import Client
+
+    state, loop = make_state(static_dir=site, max_connections=2, max_connections_per_ip=0)
+    idle = [connect(state) for _ in range(2)]  # connected, no request yet: slots taken
+    late = Client(state, loop)
+    assert late.conn.outbox is None, "no upgrade past the cap"
+    assert state.metrics.handshake_failures["full"] == 1
+    for _conn, transport in idle:
+        transport.close()
+    loop.run_ready()
+    assert state.occupancy.total == 0
+    assert Client(state, loop).conn.outbox is not None, "slots come back when they close"
+
+
+def test_a_per_address_cap_counts_http_connections_from_that_address(site: Path) -> None:
+    state, _ = make_state(static_dir=site, max_connections_per_ip=1)
+    first, _ = connect(state)
+    conn, transport = connect(state)
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _ = one(transport.take())
+    assert head.status_code == 429
+    assert header(head, b"retry-after") == b"5"

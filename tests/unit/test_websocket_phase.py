@@ -139,7 +139,7 @@ def test_pings_are_answered_with_pongs() -> None:
 
 
 def test_keepalive_pings_and_closes_a_client_that_never_answers() -> None:
-    from rawchat.server import Keepalive
+    from rawchat.server import keepalive as Keepalive
 
     state, loop = make_state(ping_interval=20.0, ping_timeout=10.0)
     keepalive = Keepalive(state)
@@ -157,7 +157,7 @@ def test_keepalive_pings_and_closes_a_client_that_never_answers() -> None:
 
 
 def test_keepalive_waits_for_a_client_it_holds_and_times_it_out_once_it_reads() -> None:
-    from rawchat.server import Keepalive
+    from rawchat.server import keepalive as Keepalive
 
     state, loop = make_state(ping_interval=20.0, ping_timeout=10.0)
     Keepalive(state).start()
@@ -216,15 +216,15 @@ def test_a_pong_with_more_bytes_behind_it_keeps_the_parser() -> None:
 def test_the_rate_bucket_is_made_by_a_message_and_dropped_once_full() -> None:
     state, loop = make_state(rate=1.0, burst=2)
     a, b = Client(state, loop), Client(state, loop)
-    assert a.conn._bucket is None
+    assert a.conn.inbound.bucket is None
     for text in ("1", "2"):  # the whole burst
         a.send(TextMessage(text))
-    assert a.conn._bucket is not None
+    assert a.conn.inbound.bucket is not None
     a.send(Pong(b""))
-    assert a.conn._bucket is not None  # not full yet: what it knows still counts
+    assert a.conn.inbound.bucket is not None  # not full yet: what it knows still counts
     loop.advance(2.0)
     a.send(Pong(b""))
-    assert a.conn._bucket is None
+    assert a.conn.inbound.bucket is None
     for text in ("3", "4", "5"):  # a full burst again, then one more: it waits, not dropped
         a.send(TextMessage(text))
     b.receive()
@@ -288,3 +288,20 @@ def test_a_bug_while_handling_a_message_closes_only_that_connection_with_1011(
     (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
     assert record.exc_info is not None
     caplog.clear()  # this test expects the error that the suite otherwise forbids
+
+
+def test_many_pings_in_one_read_get_one_pong_for_the_latest() -> None:
+    state, loop = make_state()
+    a = Client(state, loop)
+    a.send_raw(b"".join(a.ws.send(Ping(b"%d" % i)) for i in range(100)))
+    a.receive()
+    assert [e.payload for e in a.events if isinstance(e, Pong)] == [b"99"]
+
+
+def test_a_closing_server_answers_no_ping() -> None:
+    state, loop = make_state()
+    a = Client(state, loop)
+    a.conn.close(1001, "going away")
+    a.send(Ping(b"late"))
+    a.receive()
+    assert [e for e in a.events if isinstance(e, Pong)] == []

@@ -1,0 +1,158 @@
+"""A client's messages on their way in: assembly, size checks, the chat, then the rate.
+
+Free of I/O: the connection hands each text or binary frame event in, and acts
+on the :class:`Verdict` that comes back (a close, a hold by flow control).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+from wsproto.events import BytesMessage, TextMessage
+
+from rawchat.chat import Chat
+from rawchat.limits import TokenBucket
+from rawchat.metrics import Counters
+from rawchat.rooms import Session
+
+
+class Verdict(enum.Enum):
+    #: A fragment kept; the message is not whole yet.
+    PENDING = enum.auto()
+    #: Handed to the chat.
+    DELIVERED = enum.auto()
+    #: No session (the connection is closing): nothing to do.
+    IGNORED = enum.auto()
+    #: Handed to the chat, past --rate: reading waits ``Inbound.delay`` for a token.
+    SHAPED = enum.auto()
+    #: Bigger than --max-message: close 1009.
+    TOO_BIG = enum.auto()
+    #: Shaped without a break for longer than --flood-timeout: close 4002.
+    FLOODING = enum.auto()
+    #: Binary from a rawchat.v1 client: close 1003.
+    NOT_TEXT = enum.auto()
+
+
+class Inbound:
+    """One connection's incoming messages."""
+
+    __slots__ = (
+        "chat",
+        "counters",
+        "max_message",
+        "rate",
+        "burst",
+        "flood_timeout",
+        "clock",
+        "bucket",
+        "shaped_since",
+        "delay",
+        "parts",
+        "size",
+    )
+
+    def __init__(
+        self,
+        chat: Chat,
+        counters: Counters,
+        *,
+        max_message: int,
+        rate: float,
+        burst: int,
+        flood_timeout: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.chat = chat
+        self.counters = counters
+        self.max_message = max_message
+        self.rate = rate
+        self.burst = burst
+        self.flood_timeout = flood_timeout
+        self.clock = clock
+        #: Per-connection message rate (--rate), made on the first message and
+        #: dropped at a pong once full again.
+        self.bucket: TokenBucket | None = None
+        #: Since when the client has been shaped without a spare token (clock
+        #: time), 0 while it keeps within its rate.
+        self.shaped_since = 0.0
+        #: After a SHAPED verdict: seconds until the bucket has a token again.
+        self.delay = 0.0
+        #: Fragments of the message being received, and their length so far.
+        self.parts: list[Any] | None = None
+        self.size = 0
+
+    def receive(self, event: TextMessage | BytesMessage, session: Session | None) -> Verdict:
+        data = event.data
+        limit = self.max_message
+        parts = self.parts
+        if parts is None:
+            if event.message_finished:
+                # The common case, a message in one frame: no joining.
+                return self._deliver(data, session)
+            parts = self.parts = []
+            self.size = 0
+        # The parser refuses what the frame headers declare past the limit; this
+        # bounds memory should that ever change. Characters, for text: the
+        # exact byte count is checked once the message is whole.
+        self.size += len(data)
+        if self.size > limit:
+            self.parts = None
+            return Verdict.TOO_BIG
+        parts.append(data)
+        if not event.message_finished:
+            return Verdict.PENDING
+        self.parts = None
+        joined: str | bytes = "".join(parts) if isinstance(data, str) else b"".join(parts)
+        return self._deliver(joined, session)
+
+    def rested(self) -> None:
+        """The client is idle (a pong came): a bucket full again knows nothing; let it go."""
+        bucket = self.bucket
+        if bucket is not None and bucket.full(self.clock()):
+            self.bucket = None  # a new one is made full too
+
+    def _deliver(self, data: str | bytes | bytearray, session: Session | None) -> Verdict:
+        limit = self.max_message
+        size = len(data)
+        if isinstance(data, str) and size * 4 > limit and size <= limit:
+            size = len(data.encode())
+        if size > limit:
+            return Verdict.TOO_BIG
+        if session is None:
+            return Verdict.IGNORED
+        self.counters.messages_in += 1
+        if session.plain:
+            self.chat.plain_message(session, data if isinstance(data, str) else bytes(data))
+        elif isinstance(data, str):
+            self.chat.v1_message(session, data)
+        else:
+            return Verdict.NOT_TEXT
+        return self._spend_token() if self.rate > 0 else Verdict.DELIVERED
+
+    def shaped_for(self) -> float:
+        """How long the client has been over its rate without a break, in seconds."""
+        return self.clock() - self.shaped_since if self.shaped_since else 0.0
+
+    def _spend_token(self) -> Verdict:
+        """Count a handled message against --rate: past it, shape, never drop.
+
+        Shaping stops reading until the next token: the messages already read
+        wait in order, and what the client sends meanwhile waits in TCP.
+        """
+        now = self.clock()
+        bucket = self.bucket
+        if bucket is None:
+            # Full, as one made at the upgrade would be by now.
+            bucket = self.bucket = TokenBucket(self.rate, self.burst, now)
+        self.delay = bucket.spend(now)
+        if not self.delay:
+            self.shaped_since = 0.0
+            return Verdict.DELIVERED
+        if not self.shaped_since:
+            self.shaped_since = now
+        elif self.flood_timeout and now - self.shaped_since > self.flood_timeout:
+            return Verdict.FLOODING
+        self.counters.rate_limited += 1
+        return Verdict.SHAPED
