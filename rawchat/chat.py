@@ -21,9 +21,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from rawchat import frames
+from rawchat import frames, identity
 from rawchat import messages as m
 from rawchat.hub import Hub, Outbox
+from rawchat.moderation import DELETED, GUEST, Moderation, Seat
 
 #: A message kept in history before any v1 client needed its JSON: (id, ts, nick, text).
 Raw = tuple[int, float, str, str]
@@ -37,13 +38,26 @@ MAX_ERRORS_IN_A_ROW = 10
 class Closable(Protocol):
     """The connection under a session (rawchat.connection.Connection)."""
 
+    #: The client's address, as limits count it (hook: guests are banned by address).
+    address: str
+
     def close(self, code: int, reason: str = "") -> None: ...
 
 
 class Session:
     """One connected client as the chat sees it."""
 
-    __slots__ = ("outbox", "nick", "key", "rooms", "plain", "greeted", "errors", "connection")
+    __slots__ = (
+        "outbox",
+        "nick",
+        "key",
+        "rooms",
+        "plain",
+        "greeted",
+        "errors",
+        "connection",
+        "seat",
+    )
 
     def __init__(self, outbox: Outbox, *, plain: bool, connection: Closable) -> None:
         self.outbox = outbox
@@ -57,6 +71,8 @@ class Session:
         self.errors = 0
         #: Kept itself, not its bound close method: one object fewer per client.
         self.connection = connection
+        #: Role and token (hook: rawchat.moderation); guests share one.
+        self.seat: Seat = GUEST
 
     def close(self, code: int, reason: str) -> None:
         """Ask the connection to close with a code and reason."""
@@ -133,7 +149,12 @@ class Room:
 
     def _encoded(self, entries: Iterable[str | Raw]) -> list[str]:
         name = self.name
-        return [e if isinstance(e, str) else m.encode_msg(name, *e) for e in entries]
+        # Deleted messages keep their slot (ids are counted by position) and are skipped.
+        return [
+            e if isinstance(e, str) else m.encode_msg(name, *e)
+            for e in entries
+            if e is not DELETED  # hook: moderation's delete
+        ]
 
 
 class Chat:
@@ -164,18 +185,24 @@ class Chat:
         #: token -> the sender's outbox and cid, for its acknowledgement.
         self.own: dict[int, tuple[Outbox, str | None]] = {}
         self._tokens = itertools.count(1)
+        #: Tokens, owners, mutes, bans, direct messages, typing (hook: rawchat.moderation).
+        #: The server replaces it with Moderation.from_config(config, chat.clock).
+        self.moderation = Moderation(history=history, clock=clock)
 
     # -- sessions ---------------------------------------------------------
 
     def connect_plain(self, outbox: Outbox, connection: Closable) -> Session:
         """A tutorial client: a guest nick, in the lobby, at once."""
         session = Session(outbox, plain=True, connection=connection)
-        nick = f"guest-{next(self.guests)}"
-        while m.nick_key(nick) in self.nicks:
-            nick = f"guest-{next(self.guests)}"
-        self._claim_nick(session, nick)
+        self._claim_nick(session, self._guest_nick())
         self._enter(session, self.room(m.DEFAULT_ROOM))
         return session
+
+    def _guest_nick(self) -> str:
+        nick = f"guest-{next(self.guests)}"
+        while nick in self.nicks or self.moderation.reserved.is_reserved(nick):
+            nick = f"guest-{next(self.guests)}"
+        return nick
 
     def connect_v1(self, outbox: Outbox, connection: Closable) -> Session:
         """A rawchat.v1 client: nothing happens until its hello."""
@@ -202,6 +229,10 @@ class Chat:
         if room is None:
             return
         if isinstance(data, str):
+            if self.moderation.mutes.remaining(room.name, session.key):  # hook: mute
+                # Plain mode has no errors: the refusal comes back as text.
+                self.hub.send(session.outbox, frames.message("(muted: not delivered)"))
+                return
             if data.strip():
                 self._publish(session, room, data, cid=None)
             else:
@@ -224,7 +255,7 @@ class Chat:
         else:
             session.errors = 0
 
-    def _dispatch(self, session: Session, message: m.ClientMessage) -> None:
+    def _dispatch(self, session: Session, message: m.ClientMessage | m.Extra) -> None:
         if isinstance(message, m.Hello):
             self._hello(session, message)
         elif not session.greeted:
@@ -233,6 +264,7 @@ class Chat:
             room = session.rooms.get(message.room)
             if room is None:
                 raise m.ProtocolError("not_in_room", f"you are not in {message.room}", message.cid)
+            self.moderation.may_post(session, room.name, message.cid)  # hook: mute
             self._publish(session, room, message.text, message.cid)
         elif isinstance(message, m.Join):
             self._join(session, message.room, None)
@@ -244,37 +276,46 @@ class Chat:
             self._send(session, m.encode_left(room.name))
         elif isinstance(message, m.Nick):
             self._rename(session, message.nick)
+        else:  # hook: moderation, direct messages, typing
+            self.moderation.handle(self, session, message)
 
     def _hello(self, session: Session, hello: m.Hello) -> None:
         if session.greeted:
             raise m.ProtocolError("already_hello", "hello was already accepted")
         if len(hello.rooms) > self.max_rooms:
             raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
-        self._claim_nick(session, hello.nick)
+        self.moderation.admit(session, hello)  # hook: token check
+        try:
+            self._claim_nick(session, hello.nick)
+        except m.ProtocolError:
+            session.seat = GUEST
+            raise
         session.greeted = True
-        self._send(
-            session,
-            m.encode_welcome(
-                f"s{next(self._sessions)}",
-                session.nick,
-                self.epoch,
-                max_text=self.max_text,
-                max_rooms=self.max_rooms,
-                history=self.history,
-            ),
+        welcome = m.encode_welcome(
+            f"s{next(self._sessions)}",
+            session.nick,
+            self.epoch,
+            max_text=self.max_text,
+            max_rooms=self.max_rooms,
+            history=self.history,
         )
+        self._send(session, self.moderation.greeted(session, welcome))  # hook: role
         # Ids from another server run mean nothing here: such a client gets
         # everything kept, flagged as truncated.
         foreign = hello.epoch is not None and hello.epoch != self.epoch
         for name in hello.rooms:
             after = hello.resume.get(name)
-            self._join(session, name, after, stale=foreign and after is not None)
+            try:
+                self._join(session, name, after, stale=foreign and after is not None)
+            except m.ProtocolError as refused:  # hook: a ban refuses one room, not the hello
+                self._send(session, m.encode_error(refused.code, refused.message))
 
     def _join(self, session: Session, name: str, after: int | None, *, stale: bool = False) -> None:
         room = session.rooms.get(name)
         if room is None:
             if len(session.rooms) >= self.max_rooms:
                 raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
+            self.moderation.may_join(self, session, name)  # hook: bans, owners
             room = self.room(name)
             self._enter(session, room)
         if room.loaded:
@@ -371,10 +412,15 @@ class Chat:
     # -- membership -----------------------------------------------------------
 
     def _claim_nick(self, session: Session, nick: str) -> None:
-        key = m.nick_key(nick)
+        identity.check_nick(nick)  # hook: look-alike nicks
+        key = identity.nick_key(nick)  # hook: NFKC + casefold
+        self.moderation.may_take(session, key)  # hook: reserved nicks
         holder = self.nicks.get(key)
         if holder is not None and holder is not session:
-            raise m.ProtocolError("nick_taken", f"{nick} is taken")
+            if not self.moderation.outranks(session, holder):
+                raise m.ProtocolError("nick_taken", f"{nick} is taken")
+            # The nick's token holder takes it back from a guest using it.
+            self._rename(holder, self._guest_nick())
         if session.key and session.key != key:
             del self.nicks[session.key]
         self.nicks[key] = session

@@ -26,7 +26,7 @@ MAX_ROOM = 64
 MAX_CID = 64
 
 #: Every ``code`` an ``error`` message can carry (see docs/protocol.md for when).
-ERROR_CODES = (
+ERROR_CODES: tuple[str, ...] = (
     "bad_json",
     "bad_message",
     "hello_required",
@@ -73,6 +73,8 @@ class Hello:
     #: Last message id seen, per room; only rooms listed in `rooms` are kept.
     resume: dict[str, int]
     epoch: str | None
+    #: A signed token for the nick (rawchat.identity); None for a guest.
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_client(text: str, *, max_text: int) -> ClientMessage:
+def parse_client(text: str, *, max_text: int) -> ClientMessage | Extra:
     """Parse one client text message; raise ProtocolError for anything malformed."""
     try:
         data = json.loads(text, parse_constant=_reject_constant)
@@ -164,8 +166,14 @@ def parse_client(text: str, *, max_text: int) -> ClientMessage:
         return Leave(validate_room(_required_str(data, "room")))
     if kind == "nick":
         return Nick(validate_nick(_required_str(data, "nick")))
+    if kind == "msg" and "to" in data:  # hook: direct messages (parse_direct below)
+        return parse_direct(data, max_text)
     if kind == "msg":
         return _parse_msg(data, max_text)
+    if (
+        isinstance(kind, str) and kind in MODERATION_TYPES
+    ):  # hook: moderation, typing, direct history (below)
+        return parse_moderation(kind, data)
     if not isinstance(kind, str):
         raise ProtocolError("bad_message", "field 'type' must be a string")
     raise ProtocolError("bad_message", "unknown message type")
@@ -210,7 +218,10 @@ def _parse_hello(data: dict[str, Any]) -> Hello:
     epoch = data.get("epoch")
     if epoch is not None and not isinstance(epoch, str):
         raise ProtocolError("bad_message", "field 'epoch' must be a string")
-    return Hello(nick=nick, rooms=rooms, resume=resume, epoch=epoch)
+    token = data.get("token")  # hook: signed tokens (rawchat.identity)
+    if token is not None and not isinstance(token, str):
+        raise ProtocolError("bad_message", "field 'token' must be a string")
+    return Hello(nick=nick, rooms=rooms, resume=resume, epoch=epoch, token=token)
 
 
 def _parse_msg(data: dict[str, Any], max_text: int) -> Msg:
@@ -307,3 +318,164 @@ def encode_error(code: str, message: str, cid: str | None = None) -> str:
     if cid is not None:
         error["cid"] = cid
     return _dumps(error)
+
+
+# -- public rooms: moderation, direct messages, typing (docs/protocol.md) ----------------
+# Kept together at the end so that they can be moved onto another layout of this module.
+
+ERROR_CODES += (
+    "bad_token",
+    "token_required",
+    "nick_reserved",
+    "forbidden",
+    "muted",
+    "banned",
+    "no_such_nick",
+    "no_such_message",
+)
+
+#: Longest kick/ban reason, in code points.
+MAX_REASON = 200
+#: Longest mute or ban: a year. 0 lifts one.
+MAX_PENALTY = 365 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Moderate:
+    """kick, mute or ban ``nick`` in ``room``."""
+
+    action: str
+    room: str
+    nick: str
+    seconds: int
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    room: str
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Make ``nick`` an owner of ``room`` (or no longer one)."""
+
+    room: str
+    nick: str
+    owner: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """A message to one other user, not to a room."""
+
+    to: str
+    text: str
+    cid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectHistory:
+    """Ask for the kept direct messages with ``peer``."""
+
+    peer: str
+
+
+Extra = Moderate | Delete | Owner | Typing | Direct | DirectHistory
+
+MODERATION_TYPES = frozenset({"kick", "mute", "ban", "delete", "owner", "typing", "direct"})
+
+
+def _seconds(data: dict[str, Any]) -> int:
+    value = data.get("seconds")
+    if type(value) is not int or not 0 <= value <= MAX_PENALTY:
+        raise ProtocolError("bad_message", f"field 'seconds' must be an integer 0..{MAX_PENALTY}")
+    return value
+
+
+def parse_moderation(kind: str, data: dict[str, Any]) -> Extra:
+    if kind == "direct":
+        return DirectHistory(validate_nick(_required_str(data, "with")))
+    room = validate_room(_required_str(data, "room"))
+    if kind == "typing":
+        return Typing(room)
+    if kind == "delete":
+        id = data.get("id")
+        if type(id) is not int or id < 1:
+            raise ProtocolError("bad_message", "field 'id' must be a positive integer")
+        return Delete(room, id)
+    nick = validate_nick(_required_str(data, "nick"))
+    if kind == "owner":
+        owner = data.get("owner", True)
+        if not isinstance(owner, bool):
+            raise ProtocolError("bad_message", "field 'owner' must be true or false")
+        return Owner(room, nick, owner)
+    reason = data.get("reason")
+    if reason is not None and (
+        not isinstance(reason, str) or len(reason) > MAX_REASON or not _is_utf8_encodable(reason)
+    ):
+        raise ProtocolError("bad_message", f"field 'reason' must be at most {MAX_REASON} long")
+    seconds = 0 if kind == "kick" else _seconds(data)
+    return Moderate(kind, room, nick, seconds, reason)
+
+
+def parse_direct(data: dict[str, Any], max_text: int) -> Direct:
+    """``{"type":"msg","to":NICK,"text":...,"cid":...}``: the text rules of a room msg."""
+    to = validate_nick(_required_str(data, "to"))
+    checked = _parse_msg({**data, "room": DEFAULT_ROOM}, max_text)
+    return Direct(to, checked.text, checked.cid)
+
+
+def encode_role(welcome: str, role: str, verified: bool) -> str:
+    """``welcome`` with the session's role: spliced in, encode_welcome stays as it is."""
+    return f'{welcome[:-1]},"role":{_dumps(role)},"verified":{_dumps(verified)}}}'
+
+
+def encode_moderated(
+    action: str, room: str, nick: str, by: str, seconds: int, reason: str | None
+) -> str:
+    """Told to a room: ``nick`` was kicked, muted or banned (``kicked``, ``muted``, ``banned``)."""
+    past = {"kick": "kicked", "mute": "muted", "ban": "banned"}
+    message: dict[str, object] = {"type": past[action]}
+    message.update(room=room, nick=nick, by=by)
+    if action != "kick":
+        message["seconds"] = seconds
+    if reason is not None:
+        message["reason"] = reason
+    return _dumps(message)
+
+
+def encode_deleted(room: str, id: int, by: str) -> str:
+    return _dumps({"type": "deleted", "room": room, "id": id, "by": by})
+
+
+def encode_owner(room: str, nick: str, owner: bool, by: str) -> str:
+    return _dumps({"type": "owner", "room": room, "nick": nick, "owner": owner, "by": by})
+
+
+def encode_typing(room: str, nick: str) -> str:
+    return _dumps({"type": "typing", "room": room, "nick": nick})
+
+
+def encode_direct(id: int, ts: float, nick: str, to: str, text: str, cid: str | None = None) -> str:
+    message: dict[str, object] = {
+        "type": "msg",
+        "to": to,
+        "id": id,
+        "ts": round(ts, 3),
+        "nick": nick,
+        "text": text,
+    }
+    if cid is not None:
+        message["cid"] = cid
+    return _dumps(message)
+
+
+def encode_direct_history(peer: str, messages: Iterable[str]) -> str:
+    return f'{{"type":"direct","with":{_dumps(peer)},"messages":[{",".join(messages)}]}}'
