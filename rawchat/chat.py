@@ -153,7 +153,7 @@ class Room:
         return [
             e if isinstance(e, str) else m.encode_msg(name, *e)
             for e in entries
-            if e is not DELETED  # hook: moderation's delete
+            if e != DELETED  # hook: moderation's delete
         ]
 
 

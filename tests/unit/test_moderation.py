@@ -340,3 +340,19 @@ def test_typing_is_relayed_to_the_room_at_most_once_per_interval() -> None:
 def test_tokens_refuse_a_short_secret() -> None:
     with pytest.raises(ValueError):
         Tokens(b"short")
+
+
+def test_rawchat_token_prints_a_token_the_server_accepts(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rawchat.cli import main
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    assert main(["token", "Ann", "--secret-file", str(secret), "--operator", "--ttl", "60"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert Tokens(SECRET).verify(token, "ann").value == "operator"
+    assert main(["token", "bob", "--secret-file", str(secret)]) == 0
+    assert Tokens(SECRET).verify(capsys.readouterr().out.strip(), "bob").value == "user"
+    with pytest.raises(SystemExit):
+        main(["token", "bob", "--secret-file", str(tmp_path / "missing")])
