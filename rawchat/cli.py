@@ -204,6 +204,14 @@ def parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: Sequence[str] | None = None) -> Config:
     args = parser().parse_args(argv)
+    if args.token_secret_file is not None:
+        # A secret that cannot be read must stop the start, not let everyone in as a guest.
+        from rawchat.identity import Tokens
+
+        try:
+            Tokens.from_file(args.token_secret_file)
+        except (OSError, ValueError) as exc:
+            parser().error(f"--token-secret-file: {exc}")
     try:
         return Config(
             host=args.host,

@@ -356,3 +356,19 @@ def test_rawchat_token_prints_a_token_the_server_accepts(
     assert Tokens(SECRET).verify(capsys.readouterr().out.strip(), "bob").value == "user"
     with pytest.raises(SystemExit):
         main(["token", "bob", "--secret-file", str(tmp_path / "missing")])
+
+
+def test_the_server_refuses_to_start_with_an_unusable_token_secret(tmp_path: Any) -> None:
+    from rawchat.cli import config_from_args
+
+    short = tmp_path / "short"
+    short.write_bytes(b"too short")
+    for path in (short, tmp_path / "missing"):
+        with pytest.raises(SystemExit):
+            config_from_args(["--token-secret-file", str(path)])
+    with pytest.raises(SystemExit):
+        config_from_args(["--require-token"])
+    good = tmp_path / "good"
+    good.write_bytes(SECRET)
+    config = config_from_args(["--token-secret-file", str(good), "--require-token"])
+    assert (config.token_secret_file, config.require_token) == (good, True)
