@@ -6,8 +6,11 @@ from typing import Any
 
 import jwt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rawchat.identity import Tokens, mixes_scripts, nick_key
+from rawchat.messages import ERROR_CODES
 from rawchat.moderation import Moderation
 from tests.unit.fakes import make_state
 from tests.unit.test_chat import V1, hello
@@ -372,3 +375,41 @@ def test_the_server_refuses_to_start_with_an_unusable_token_secret(tmp_path: Any
     good.write_bytes(SECRET)
     config = config_from_args(["--token-secret-file", str(good), "--require-token"])
     assert (config.token_secret_file, config.require_token) == (good, True)
+
+
+field = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**9),
+    st.floats(allow_nan=False),
+    st.sampled_from(["lobby", "dev", "op", "bob", "", " ", "\u0430nn", "x" * 300, "\ud800"]),
+    st.lists(st.integers(0, 3), max_size=3),
+)
+moderation_like = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(
+            ["kick", "mute", "ban", "delete", "owner", "typing", "direct", "msg"]
+        )
+    },
+    optional={
+        name: field
+        for name in ("room", "nick", "reason", "seconds", "id", "owner", "with", "to", "text")
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(moderation_like, min_size=1, max_size=8))
+def test_any_moderation_message_from_an_operator_is_handled_or_refused(
+    messages: list[dict[str, Any]],
+) -> None:
+    world = World()
+    op, bob = world.operator(), world.join("bob")
+    bob.say(type="msg", room="lobby", text="x")
+    for message in messages:
+        op.say(**message)
+        for reply in op.read():
+            if reply["type"] == "error":
+                assert reply["code"] in ERROR_CODES
+    assert op.closes() == [] or op.closes() == [4000]
+    assert bob.closes() == []
