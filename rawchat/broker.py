@@ -45,7 +45,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from rawchat import frames
+from rawchat import frames, replies
 from rawchat import messages as m
 
 if TYPE_CHECKING:
@@ -376,7 +376,8 @@ class Broker:
             # its ids go on from Redis's counter.
             for message in stored:
                 id, ts, nick, text = message["id"], message["ts"], message["nick"], message["text"]
-                room.history.append(id, ts, nick, text, m.encode_msg(name, id, ts, nick, text))
+                encoded = replies.encode_msg(name, id, ts, nick, text)
+                room.history.append(id, ts, nick, text, encoded)
             room.history.last_id = max(last_id, stored[-1]["id"] if stored else 0)
             self.chat.room_loaded(room)
         else:

@@ -21,11 +21,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from rawchat import frames
+from rawchat import frames, identity, replies
 from rawchat import messages as m
 from rawchat.config import Config
 from rawchat.history import PAGE_BYTES, History, Ledger
 from rawchat.hub import Hub, Outbox
+from rawchat.identity import GUEST
+from rawchat.moderation import Moderation
 from rawchat.presence import Presence, Schedule
 from rawchat.rooms import Closable, Relay, Room, Session
 
@@ -75,18 +77,23 @@ class Chat:
         #: token -> their sender, to acknowledge them with their cid when they come back.
         self.awaiting_echo: dict[int, Sender] = {}
         self._tokens = itertools.count(1)
+        #: Tokens, reserved nicks, owners, mutes, bans, direct messages, typing.
+        self.moderation = Moderation.from_config(config, clock)
 
     # -- sessions ---------------------------------------------------------
 
     def connect_plain(self, outbox: Outbox, connection: Closable) -> Session:
         """A tutorial client: a guest nick, in the lobby, at once."""
         session = Session(outbox, plain=True, connection=connection)
-        nick = f"guest-{next(self.guests)}"
-        while m.nick_key(nick) in self.nicks:
-            nick = f"guest-{next(self.guests)}"
-        self._claim_nick(session, nick)
+        self._claim_nick(session, self._guest_nick())
         self._enter(session, self.room(m.DEFAULT_ROOM))
         return session
+
+    def _guest_nick(self) -> str:
+        nick = f"guest-{next(self.guests)}"
+        while nick in self.nicks or self.moderation.reserved.is_reserved(nick):
+            nick = f"guest-{next(self.guests)}"
+        return nick
 
     def connect_v1(self, outbox: Outbox, connection: Closable) -> Session:
         """A rawchat.v1 client: nothing happens until its hello."""
@@ -105,7 +112,7 @@ class Chat:
 
     def disconnect(self, session: Session) -> None:
         for room in list(session.rooms.values()):
-            self._exit(session, room)
+            self.exit_room(session, room)
         if session.key and self.nicks.get(session.key) is session:
             del self.nicks[session.key]
         self.hub.drop(session.outbox)
@@ -124,6 +131,10 @@ class Chat:
         if room is None:
             return
         if isinstance(data, str):
+            if self.moderation.mutes.remaining(room.name, session.key):
+                # Plain mode has no errors: the refusal comes back as text.
+                self.hub.send(session.outbox, frames.message("(muted: not delivered)"))
+                return
             if data.strip():
                 self._publish(session, room, data, cid=None)
             else:
@@ -140,13 +151,13 @@ class Chat:
             self._dispatch(session, message)
         except m.ProtocolError as exc:
             session.errors += 1
-            self._send(session, m.encode_error(exc.code, exc.message, exc.cid))
+            self.send(session, replies.encode_error(exc.code, exc.message, exc.cid))
             if session.errors >= MAX_ERRORS_IN_A_ROW:
                 session.close(m.CloseCode.TOO_MANY_ERRORS, "too many errors")
         else:
             session.errors = 0
 
-    def _dispatch(self, session: Session, message: m.ClientMessage) -> None:
+    def _dispatch(self, session: Session, message: m.ClientMessage | m.Extra) -> None:
         if isinstance(message, m.Hello):
             self._hello(session, message)
         elif not session.greeted:
@@ -155,6 +166,7 @@ class Chat:
             room = session.rooms.get(message.room)
             if room is None:
                 raise m.ProtocolError("not_in_room", f"you are not in {message.room}", message.cid)
+            self.moderation.may_post(session, room.name, message.cid)
             self._publish(session, room, message.text, message.cid)
         elif isinstance(message, m.Join):
             self._join(session, message.room, None)
@@ -162,8 +174,8 @@ class Chat:
             room = session.rooms.get(message.room)
             if room is None:
                 raise m.ProtocolError("not_in_room", f"you are not in {message.room}")
-            self._exit(session, room)
-            self._send(session, m.encode_left(room.name))
+            self.exit_room(session, room)
+            self.send(session, replies.encode_left(room.name))
         elif isinstance(message, m.Nick):
             self._rename(session, message.nick)
         elif isinstance(message, m.HistoryRequest):
@@ -171,39 +183,48 @@ class Chat:
             if room is None:
                 raise m.ProtocolError("not_in_room", f"you are not in {message.room}")
             page, more = room.history.page(message.before, message.limit, PAGE_BYTES)
-            self._send(session, m.encode_history(room.name, page, more))
+            self.send(session, replies.encode_history(room.name, page, more))
+        else:  # moderation, direct messages, typing
+            self.moderation.handle(self, session, message)
 
     def _hello(self, session: Session, hello: m.Hello) -> None:
         if session.greeted:
             raise m.ProtocolError("already_hello", "hello was already accepted")
         if len(hello.rooms) > self.max_rooms:
             raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
-        self._claim_nick(session, hello.nick)
+        self.moderation.admit(session, hello)  # its token, if any
+        try:
+            self._claim_nick(session, hello.nick)
+        except m.ProtocolError:
+            session.seat = GUEST
+            raise
         session.greeted = True
-        self._send(
-            session,
-            m.encode_welcome(
-                f"s{next(self._sessions)}",
-                session.nick,
-                self.epoch,
-                max_text=self.max_text,
-                max_rooms=self.max_rooms,
-                history=self.history,
-                max_bytes=self.max_bytes,
-            ),
+        welcome = replies.encode_welcome(
+            f"s{next(self._sessions)}",
+            session.nick,
+            self.epoch,
+            max_text=self.max_text,
+            max_rooms=self.max_rooms,
+            history=self.history,
+            max_bytes=self.max_bytes,
         )
+        self.send(session, self.moderation.greeted(session, welcome))  # with its role
         # Ids from another server run mean nothing here: such a client gets
         # everything kept, flagged as truncated.
         foreign = hello.epoch is not None and hello.epoch != self.epoch
         for name in hello.rooms:
             after = hello.resume.get(name)
-            self._join(session, name, after, stale=foreign and after is not None)
+            try:
+                self._join(session, name, after, stale=foreign and after is not None)
+            except m.ProtocolError as refused:  # a ban refuses one room, not the hello
+                self.send(session, replies.encode_error(refused.code, refused.message))
 
     def _join(self, session: Session, name: str, after: int | None, *, stale: bool = False) -> None:
         room = session.rooms.get(name)
         if room is None:
             if len(session.rooms) >= self.max_rooms:
                 raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
+            self.moderation.may_join(self, session, name)  # bans, owners
             room = self.room(name)
             self._enter(session, room)
         if room.loaded:
@@ -223,9 +244,9 @@ class Chat:
             truncated = True
         else:
             page, more, truncated = room.history.since(after, m.HISTORY_LIMIT, PAGE_BYTES)
-        self._send(
+        self.send(
             session,
-            m.encode_joined(
+            replies.encode_joined(
                 room.name,
                 room.nicks(MAX_MEMBERS_LISTED),
                 page,
@@ -285,14 +306,14 @@ class Chat:
             # No JSON to send: the message is encoded if a v1 client joins for it.
             room.history.append(id, ts, nick, text, None)
         else:
-            encoded = m.encode_msg(room.name, id, ts, nick, text)
+            encoded = replies.encode_msg(room.name, id, ts, nick, text)
             room.history.append(id, ts, nick, text, encoded)
             if sender is None or sender[1] is None:
                 self.hub.broadcast(frames.message(encoded), room.v1)
             else:
                 # The sender's copy carries its cid: that is its acknowledgement.
                 self.hub.broadcast(frames.message(encoded), room.v1, skip=sender[0])
-                copy = m.encode_msg(room.name, id, ts, nick, text, sender[1])
+                copy = replies.encode_msg(room.name, id, ts, nick, text, sender[1])
                 self.hub.send(sender[0], frames.message(copy))
         if room.plain:
             self.hub.broadcast(frames.message(text), room.plain)
@@ -324,10 +345,15 @@ class Chat:
     # -- membership -----------------------------------------------------------
 
     def _claim_nick(self, session: Session, nick: str) -> None:
-        key = m.nick_key(nick)
+        identity.check_nick(nick)  # no look-alike nicks
+        key = identity.nick_key(nick)  # NFKC + casefold
+        self.moderation.may_take(session, key)  # reserved nicks
         holder = self.nicks.get(key)
         if holder is not None and holder is not session:
-            raise m.ProtocolError("nick_taken", f"{nick} is taken")
+            if not self.moderation.outranks(session, holder):
+                raise m.ProtocolError("nick_taken", f"{nick} is taken")
+            # The nick's token holder takes it back from a guest using it.
+            self._rename(holder, self._guest_nick())
         if session.key and session.key != key:
             del self.nicks[session.key]
         self.nicks[key] = session
@@ -342,7 +368,7 @@ class Chat:
                 name,
                 max_count=self.history,
                 max_bytes=self.history_bytes,
-                encode=m.encode_msg,
+                encode=replies.encode_msg,
                 ledger=self.ledger,
                 base=self.forgotten_ids,
             )
@@ -362,7 +388,7 @@ class Chat:
         if self.relay is not None and self.relay.up:
             self.relay.presence(room.name, "join", session.nick, None)
 
-    def _exit(self, session: Session, room: Room) -> None:
+    def exit_room(self, session: Session, room: Room) -> None:
         del session.rooms[room.name]
         room.members.pop(session, None)
         (room.plain if session.plain else room.v1).discard(session.outbox)
@@ -385,7 +411,7 @@ class Chat:
 
     def refuse(self, session: Session, code: str, message: str, dropped: str) -> None:
         """Tell a v1 client that the message ``dropped`` was not handled (with its cid)."""
-        self._send(session, m.encode_error(code, message, m.cid_of(dropped)))
+        self.send(session, replies.encode_error(code, message, m.cid_of(dropped)))
 
-    def _send(self, session: Session, text: str) -> None:
+    def send(self, session: Session, text: str) -> None:
         self.hub.send(session.outbox, frames.message(text))

@@ -211,12 +211,33 @@ def parser() -> argparse.ArgumentParser:
         help="TLS certificate chain (PEM): serve https and wss",
     )
     g.add_argument("--keyfile", type=Path, default=None, help="TLS private key (PEM)")
+    # -- public rooms: signed tokens (rawchat.identity); `rawchat token` issues them --
+    t = p.add_argument_group("tokens and moderation (see `rawchat token --help`)")
+    t.add_argument(
+        "--token-secret-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="accept tokens signed (HS256) with the secret in PATH: token holders keep their"
+        " nick, operators moderate",
+    )
+    t.add_argument(
+        "--require-token", action="store_true", help="refuse clients without a valid token"
+    )
     p.add_argument("--version", action="version", version=f"rawchat {__version__}")
     return p
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> Config:
     args = parser().parse_args(argv)
+    if args.token_secret_file is not None:
+        # A secret that cannot be read must stop the start, not let everyone in as a guest.
+        from rawchat.identity import Tokens
+
+        try:
+            Tokens.from_file(args.token_secret_file)
+        except (OSError, ValueError) as exc:
+            parser().error(f"--token-secret-file: {exc}")
     try:
         return Config(
             host=args.host,
@@ -248,6 +269,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             broker=args.broker,
             workers=args.workers,
             reuse_port=args.reuse_port,
+            token_secret_file=args.token_secret_file,
+            require_token=args.require_token,
         )
     except ValueError as exc:
         parser().error(str(exc))
@@ -273,7 +296,47 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def token_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rawchat token",
+        description="Print a signed token for NICK (give it to the client, it goes in hello).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("nick", metavar="NICK")
+    p.add_argument(
+        "--secret-file", type=Path, required=True, metavar="PATH", help="the server's secret"
+    )
+    p.add_argument("--operator", action="store_true", help="may moderate every room")
+    p.add_argument(
+        "--ttl", type=float, default=30 * 24 * 3600, metavar="SECONDS", help="valid this long"
+    )
+    return p
+
+
+def token_main(argv: Sequence[str]) -> int:
+    """``rawchat token NICK --secret-file PATH [--operator] [--ttl SECONDS]``."""
+    from rawchat.identity import Tokens
+    from rawchat.messages import ProtocolError, validate_nick
+
+    p = token_parser()
+    args = p.parse_args(argv)
+    if args.ttl <= 0:
+        p.error("--ttl must be positive")
+    try:
+        nick = validate_nick(args.nick)
+        tokens = Tokens.from_file(args.secret_file)
+    except ProtocolError as exc:
+        p.error(exc.message)
+    except (OSError, ValueError) as exc:
+        p.error(str(exc))
+    print(tokens.issue(nick, args.ttl, operator=args.operator))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["token"]:
+        return token_main(arguments[1:])
     config = config_from_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     if config.log_format == "json":

@@ -99,6 +99,11 @@ class Config:
     #: TLS: serve https:// and wss:// with this certificate chain and key.
     certfile: Path | None = None
     keyfile: Path | None = None
+    # -- public rooms (rawchat.identity, rawchat.moderation) ---------------------
+    #: File holding the HS256 secret that signs session tokens; None: no tokens, all guests.
+    token_secret_file: Path | None = None
+    #: Refuse a hello without a valid token (no guests).
+    require_token: bool = False
 
     @property
     def pressure_mark(self) -> int:
@@ -143,6 +148,8 @@ class Config:
             ("redis://", "rediss://", "unix://")
         ):
             raise ValueError("broker must be a redis:// (or rediss://, unix://) URL")
+        if self.require_token and self.token_secret_file is None:
+            raise ValueError("--require-token needs --token-secret-file")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("TLS needs both a certificate file and a key file")
         for name in (

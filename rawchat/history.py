@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 #: A message kept before any v1 client needed its JSON: (id, ts, nick, text).
 Raw = tuple[int, float, str, str]
-#: Encodes a raw message as v1 JSON for its room (messages.encode_msg).
+#: Encodes a raw message as v1 JSON for its room (replies.encode_msg).
 Encoder = Callable[[str, int, float, str, str], str]
 
 #: Bytes a kept message costs beyond its text and nick (ids, timestamp, JSON framing).
@@ -167,6 +167,24 @@ class History:
         self.bytes -= size
         if self.ledger is not None:
             self.ledger.total -= size
+
+    def delete(self, id: int) -> bool:
+        """Remove message ``id`` (a moderator's delete); whether it was kept.
+
+        The ids around it stay as they are: a client resuming past it gets
+        what it missed without it, and nothing is reported as truncated.
+        """
+        index = bisect_left(self._ids, id)
+        if index == len(self._ids) or self._ids[index] != id:
+            return False
+        del self._ids[index]
+        del self._entries[index]
+        size = self._sizes[index]
+        del self._sizes[index]
+        self.bytes -= size
+        if self.ledger is not None:
+            self.ledger.total -= size
+        return True
 
     def clear(self) -> None:
         """Forget everything (the room is gone); the ledger stops counting this history."""

@@ -1,10 +1,9 @@
-"""The rawchat.v1 protocol: parse and validate client messages, encode server messages.
+"""The rawchat.v1 protocol, client side: parse and validate what clients send.
 
 Every WebSocket text message is one JSON object with a ``"type"`` field. Client messages
 become frozen dataclasses through `parse_client`, which raises `ProtocolError` for anything
 a client can get wrong; the server turns that into an ``error`` message and keeps the
-connection. Server messages are built by the ``encode_*`` functions as compact JSON text,
-encoded once per message and sent unchanged to every recipient.
+connection. What the server sends is built in :mod:`rawchat.replies`.
 
 No I/O here. ``docs/protocol.md`` describes the protocol for client authors.
 """
@@ -14,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -30,11 +28,9 @@ ENVELOPE = 512
 #: Messages a ``history`` request asks for when it names no limit, and the most it may.
 HISTORY_LIMIT = 50
 MAX_HISTORY_LIMIT = 100
-#: Changes a presence frame lists; the rest are counted in its "omitted".
-MAX_PRESENCE_LISTED = 100
 
 #: Every ``code`` an ``error`` message can carry (see docs/protocol.md for when).
-ERROR_CODES = (
+ERROR_CODES: tuple[str, ...] = (
     "bad_json",
     "bad_message",
     "hello_required",
@@ -47,6 +43,14 @@ ERROR_CODES = (
     "text_too_long",
     "empty_text",
     "rate_limited",
+    "bad_token",
+    "token_required",
+    "nick_reserved",
+    "forbidden",
+    "muted",
+    "banned",
+    "no_such_nick",
+    "no_such_message",
 )
 
 
@@ -81,6 +85,8 @@ class Hello:
     #: Last message id seen, per room; only rooms listed in `rooms` are kept.
     resume: dict[str, int]
     epoch: str | None
+    #: A signed token for the nick (rawchat.identity); None for a guest.
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,18 +165,11 @@ def validate_room(room: object) -> str:
     return room
 
 
-def nick_key(nick: str) -> str:
-    """The key under which nicks must be unique: "Ann" and "ANN" collide."""
-    key = nick.casefold()
-    # A nick already folded (every guest's) is its own key: one string kept, not two.
-    return nick if key == nick else key
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_client(text: str, *, max_text: int) -> ClientMessage:
+def parse_client(text: str, *, max_text: int) -> ClientMessage | Extra:
     """Parse one client text message; raise ProtocolError for anything malformed."""
     try:
         data = json.loads(text, parse_constant=_reject_constant)
@@ -190,10 +189,14 @@ def parse_client(text: str, *, max_text: int) -> ClientMessage:
         return Leave(validate_room(_required_str(data, "room")))
     if kind == "nick":
         return Nick(validate_nick(_required_str(data, "nick")))
+    if kind == "msg" and "to" in data:  # hook: direct messages (parse_direct below)
+        return parse_direct(data, max_text)
     if kind == "msg":
         return _parse_msg(data, max_text)
     if kind == "history":
         return _parse_history(data)
+    if isinstance(kind, str) and kind in MODERATION_TYPES:  # moderation, typing, direct history
+        return parse_moderation(kind, data)
     if not isinstance(kind, str):
         raise ProtocolError("bad_message", "field 'type' must be a string")
     raise ProtocolError("bad_message", "unknown message type")
@@ -238,7 +241,10 @@ def _parse_hello(data: dict[str, Any]) -> Hello:
     epoch = data.get("epoch")
     if epoch is not None and not isinstance(epoch, str):
         raise ProtocolError("bad_message", "field 'epoch' must be a string")
-    return Hello(nick=nick, rooms=rooms, resume=resume, epoch=epoch)
+    token = data.get("token")  # hook: signed tokens (rawchat.identity)
+    if token is not None and not isinstance(token, str):
+        raise ProtocolError("bad_message", "field 'token' must be a string")
+    return Hello(nick=nick, rooms=rooms, resume=resume, epoch=epoch, token=token)
 
 
 def _optional_int(data: dict[str, Any], name: str, low: int, high: int | None) -> int | None:
@@ -280,121 +286,6 @@ def _parse_msg(data: dict[str, Any], max_text: int) -> Msg:
     return Msg(room=room, text=text, cid=cid)
 
 
-# One shared encoder: compact, UTF-8 kept as is, and no NaN (a server bug, not valid JSON).
-_dumps = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
-).encode
-
-
-def encode_welcome(
-    session: str,
-    nick: str,
-    epoch: str,
-    *,
-    max_text: int,
-    max_rooms: int,
-    history: int,
-    max_bytes: int,
-) -> str:
-    limits = {
-        "max_text": max_text,
-        "max_bytes": max_bytes,
-        "max_rooms": max_rooms,
-        "max_nick": MAX_NICK,
-        "history": history,
-    }
-    return _dumps(
-        {"type": "welcome", "session": session, "nick": nick, "epoch": epoch, "limits": limits}
-    )
-
-
-def encode_msg(room: str, id: int, ts: float, nick: str, text: str, cid: str | None = None) -> str:
-    message: dict[str, object] = {
-        "type": "msg",
-        "room": room,
-        "id": id,
-        "ts": round(ts, 3),
-        "nick": nick,
-        "text": text,
-    }
-    if cid is not None:
-        message["cid"] = cid
-    return _dumps(message)
-
-
-def encode_joined(
-    room: str,
-    members: Iterable[str],
-    history: Sequence[str],
-    last_id: int,
-    truncated: bool,
-    *,
-    more: bool = False,
-    count: int | None = None,
-) -> str:
-    # `history` holds msg texts already encoded by encode_msg (the history keeps them that
-    # way): splicing them in as text avoids decoding and re-encoding a page of messages on
-    # every join.
-    members = list(members)
-    return (
-        f'{{"type":"joined","room":{_dumps(room)},"members":{_dumps(members)},'
-        f'"count":{len(members) if count is None else count},'
-        f'"history":[{",".join(history)}],"more":{_dumps(more)},"last_id":{_dumps(last_id)},'
-        f'"truncated":{_dumps(truncated)}}}'
-    )
-
-
-def encode_history(room: str, messages: Sequence[str], more: bool) -> str:
-    """A page of history, oldest first (messages already encoded by encode_msg)."""
-    return (
-        f'{{"type":"history","room":{_dumps(room)},"messages":[{",".join(messages)}],'
-        f'"more":{_dumps(more)}}}'
-    )
-
-
-def encode_left(room: str) -> str:
-    return _dumps({"type": "left", "room": room})
-
-
-def encode_presence(
-    room: str,
-    count: int,
-    joined: Sequence[str] = (),
-    left: Sequence[str] = (),
-    renamed: Sequence[tuple[str, str]] = (),
-) -> str:
-    """One room's membership changes of one tick, in one frame.
-
-    At most MAX_PRESENCE_LISTED changes are listed (joins first, then renames, then
-    leaves); "omitted" counts the others. A frame of exactly one change also has the
-    fields of the frame it replaces (one per change), for clients written before.
-    """
-    budget = MAX_PRESENCE_LISTED
-    listed_joined = joined[:budget]
-    budget -= len(listed_joined)
-    listed_renamed = renamed[:budget]
-    budget -= len(listed_renamed)
-    listed_left = left[:budget]
-    total = len(joined) + len(left) + len(renamed)
-    message: dict[str, object] = {
-        "type": "presence",
-        "room": room,
-        "count": count,
-        "joined": list(listed_joined),
-        "left": list(listed_left),
-        "renamed": [list(pair) for pair in listed_renamed],
-        "omitted": total - len(listed_joined) - len(listed_left) - len(listed_renamed),
-    }
-    if total == 1:
-        if joined:
-            message.update(event="join", nick=joined[0])
-        elif left:
-            message.update(event="leave", nick=left[0])
-        else:
-            message.update(event="nick", nick=renamed[0][1], old=renamed[0][0])
-    return _dumps(message)
-
-
 def cid_of(text: str) -> str | None:
     """The ``cid`` of a message that will not be handled, to answer it by, if it has one."""
     try:
@@ -405,8 +296,101 @@ def cid_of(text: str) -> str | None:
     return cid if isinstance(cid, str) and len(cid) <= MAX_CID else None
 
 
-def encode_error(code: str, message: str, cid: str | None = None) -> str:
-    error = {"type": "error", "code": code, "message": message}
-    if cid is not None:
-        error["cid"] = cid
-    return _dumps(error)
+# -- public rooms: moderation, direct messages, typing (docs/protocol.md) ----------------
+
+#: Longest kick/ban reason, in code points.
+MAX_REASON = 200
+#: Longest mute or ban: a year. 0 lifts one.
+MAX_PENALTY = 365 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Moderate:
+    """kick, mute or ban ``nick`` in ``room``."""
+
+    action: str
+    room: str
+    nick: str
+    seconds: int
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    room: str
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Make ``nick`` an owner of ``room`` (or no longer one)."""
+
+    room: str
+    nick: str
+    owner: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """A message to one other user, not to a room."""
+
+    to: str
+    text: str
+    cid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectHistory:
+    """Ask for the kept direct messages with ``peer``."""
+
+    peer: str
+
+
+Extra = Moderate | Delete | Owner | Typing | Direct | DirectHistory
+
+MODERATION_TYPES = frozenset({"kick", "mute", "ban", "delete", "owner", "typing", "direct"})
+
+
+def _seconds(data: dict[str, Any]) -> int:
+    value = data.get("seconds")
+    if type(value) is not int or not 0 <= value <= MAX_PENALTY:
+        raise ProtocolError("bad_message", f"field 'seconds' must be an integer 0..{MAX_PENALTY}")
+    return value
+
+
+def parse_moderation(kind: str, data: dict[str, Any]) -> Extra:
+    if kind == "direct":
+        return DirectHistory(validate_nick(_required_str(data, "with")))
+    room = validate_room(_required_str(data, "room"))
+    if kind == "typing":
+        return Typing(room)
+    if kind == "delete":
+        id = data.get("id")
+        if type(id) is not int or id < 1:
+            raise ProtocolError("bad_message", "field 'id' must be a positive integer")
+        return Delete(room, id)
+    nick = validate_nick(_required_str(data, "nick"))
+    if kind == "owner":
+        owner = data.get("owner", True)
+        if not isinstance(owner, bool):
+            raise ProtocolError("bad_message", "field 'owner' must be true or false")
+        return Owner(room, nick, owner)
+    reason = data.get("reason")
+    if reason is not None and (
+        not isinstance(reason, str) or len(reason) > MAX_REASON or not _is_utf8_encodable(reason)
+    ):
+        raise ProtocolError("bad_message", f"field 'reason' must be at most {MAX_REASON} long")
+    seconds = 0 if kind == "kick" else _seconds(data)
+    return Moderate(kind, room, nick, seconds, reason)
+
+
+def parse_direct(data: dict[str, Any], max_text: int) -> Direct:
+    """``{"type":"msg","to":NICK,"text":...,"cid":...}``: the text rules of a room msg."""
+    to = validate_nick(_required_str(data, "to"))
+    checked = _parse_msg({**data, "room": DEFAULT_ROOM}, max_text)
+    return Direct(to, checked.text, checked.cid)

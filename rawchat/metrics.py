@@ -84,6 +84,8 @@ class Sources:
     #: Times a sender was held by flow control.
     holds: Callable[[], int]
     broker: Callable[[], BrokerStatus | None]
+    #: Moderation actions taken and tokens refused, by kind.
+    moderation: Callable[[], dict[str, int]]
 
 
 class RawchatCollector(Collector):
@@ -129,11 +131,11 @@ class RawchatCollector(Collector):
             "rawchat_evictions", "Clients evicted as too slow, by reason.", "reason", hub.evicted
         )
         yield _counter(
-            "rawchat_senders_held", "Times a sender was held while a client was behind.", s.holds()
+            "rawchat_senders_held", "Times a sender past --rate had its reading paused.", s.holds()
         )
         yield _counter(
             "rawchat_rate_limited",
-            "Messages dropped by the per-connection rate limit.",
+            "Messages handled past --rate, after which reading paused for a token.",
             c.rate_limited,
         )
         yield _by(
@@ -141,6 +143,12 @@ class RawchatCollector(Collector):
             "WebSocket connections closed, by close code.",
             "code",
             {str(code): n for code, n in c.close_codes.items()},
+        )
+        yield _by(
+            "rawchat_moderation",
+            "Moderation actions (kick, mute, ban, delete, owner) and refused tokens, by kind.",
+            "action",
+            s.moderation(),
         )
         yield _gauge(
             "rawchat_write_buffer_high_water_bytes",

@@ -5,7 +5,7 @@ n-1 before it, so 5,000 joins cost 12.5 million frames, and a mass disconnect (o
 a shutdown) cost as much again. Instead, changes are gathered per room and sent
 as one frame per room every ``TICK`` seconds: n joins within a tick cost one
 frame per member, whatever n is, and the frame lists at most
-``messages.MAX_PRESENCE_LISTED`` changes (the rest are counted, with the room's
+``replies.MAX_PRESENCE_LISTED`` changes (the rest are counted, with the room's
 member count so that a client can show the truth).
 
 Changes that cancel within a tick are not sent: a member who joins and leaves
@@ -21,8 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from rawchat import frames
-from rawchat import messages as m
+from rawchat import frames, replies
 from rawchat.hub import Hub
 
 if TYPE_CHECKING:
@@ -119,7 +118,7 @@ class Presence:
         for room, changes in pending.items():
             if not changes or not room.v1:
                 continue
-            text = m.encode_presence(
+            text = replies.encode_presence(
                 room.name,
                 room.count(),
                 list(changes.joined),

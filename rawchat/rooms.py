@@ -8,14 +8,19 @@ nodes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from rawchat.history import History
-from rawchat.hub import Outbox
+from rawchat.hub import Hub, Outbox
+from rawchat.identity import GUEST, Seat
 
 
 class Closable(Protocol):
     """The connection under a session (rawchat.connection.Connection)."""
+
+    #: The client's address, as limits count it (guests are banned by address).
+    address: str
 
     def close(self, code: int, reason: str = "") -> None: ...
 
@@ -23,7 +28,17 @@ class Closable(Protocol):
 class Session:
     """One connected client as the chat sees it."""
 
-    __slots__ = ("outbox", "nick", "key", "rooms", "plain", "greeted", "errors", "connection")
+    __slots__ = (
+        "outbox",
+        "nick",
+        "key",
+        "rooms",
+        "plain",
+        "greeted",
+        "errors",
+        "connection",
+        "seat",
+    )
 
     def __init__(self, outbox: Outbox, *, plain: bool, connection: Closable) -> None:
         self.outbox = outbox
@@ -37,6 +52,8 @@ class Session:
         self.errors = 0
         #: Kept itself, not its bound close method: one object fewer per client.
         self.connection = connection
+        #: What its hello proved: role and token (rawchat.moderation); guests share one.
+        self.seat: Seat = GUEST
 
     def close(self, code: int, reason: str) -> None:
         """Ask the connection to close with a code and reason."""
@@ -59,6 +76,20 @@ class Relay(Protocol):
 
     def load(self, room: Room) -> None: ...
 
+
+class Venue(Protocol):
+    """What moderation and direct messages ask of the chat (rawchat.chat.Chat)."""
+
+    hub: Hub
+    #: Nick key -> the session holding it.
+    nicks: dict[str, Session]
+
+    @property
+    def rooms(self) -> Mapping[str, Room]: ...
+
+    def send(self, session: Session, text: str) -> None: ...
+
+    def exit_room(self, session: Session, room: Room) -> None: ...
 
 
 class Room:

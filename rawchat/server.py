@@ -41,6 +41,7 @@ class ServerState(Shared):
                 rooms=lambda: len(self.chat.rooms),
                 holds=lambda: self.flow.holds,
                 broker=lambda: self.broker,
+                moderation=lambda: self.chat.moderation.counts,
             )
         )
         exposition = self.exposition

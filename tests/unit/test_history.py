@@ -7,12 +7,12 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rawchat import messages as m
+from rawchat import replies
 from rawchat.history import History, Ledger
 
 
 def filled(ids: list[int], kept: int, max_bytes: int = 1 << 20) -> History:
-    history = History("r", max_count=kept, max_bytes=max_bytes, encode=m.encode_msg)
+    history = History("r", max_count=kept, max_bytes=max_bytes, encode=replies.encode_msg)
     for id in ids:
         history.append(id, 0.0, "n", str(id), None)
     return history
@@ -59,9 +59,28 @@ def test_bytes_bound_a_room_and_all_rooms_together() -> None:
     assert one.bytes <= 4000 and one.dropped_through > 0
     ledger = Ledger(20_000)
     rooms = [
-        History(f"r{i}", max_count=1000, max_bytes=1 << 20, encode=m.encode_msg, ledger=ledger)
+        History(
+            f"r{i}", max_count=1000, max_bytes=1 << 20, encode=replies.encode_msg, ledger=ledger
+        )
         for i in range(3)
     ]
     for id in range(1, 400):
         rooms[id % 3].append(id, 0.0, "n", "x" * 100, None)
     assert ledger.total == sum(h.bytes for h in rooms) <= 20_000
+
+
+def test_a_deleted_message_is_gone_from_every_read_and_frees_its_bytes() -> None:
+    ledger = Ledger(1 << 20)
+    history = History(
+        "r", max_count=10, max_bytes=1 << 20, encode=replies.encode_msg, ledger=ledger
+    )
+    for id in (1, 2, 3, 4):
+        history.append(id, 0.0, "n", f"text {id}", None)
+    before = history.bytes
+    assert history.delete(3) and not history.delete(3) and not history.delete(9)
+    assert history.bytes < before and ledger.total == history.bytes
+    assert ids_of(history.page()[0]) == [1, 2, 4]
+    assert ids_of(history.page(before=4)[0]) == [1, 2]
+    # A client that saw 2 gets 4, and is not told anything is missing.
+    assert history.since(2) == ([history.page()[0][-1]], False, False)
+    assert ids_of(history.after(2) or []) == [4]

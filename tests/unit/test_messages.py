@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rawchat.identity import nick_key
 from rawchat.messages import (
     DEFAULT_ROOM,
     ERROR_CODES,
     MAX_CID,
     MAX_NICK,
-    MAX_PRESENCE_LISTED,
     MAX_ROOM,
     PROTOCOL,
     CloseCode,
@@ -28,6 +28,13 @@ from rawchat.messages import (
     Msg,
     Nick,
     ProtocolError,
+    max_text_for,
+    parse_client,
+    validate_nick,
+    validate_room,
+)
+from rawchat.replies import (
+    MAX_PRESENCE_LISTED,
     encode_error,
     encode_history,
     encode_joined,
@@ -35,11 +42,6 @@ from rawchat.messages import (
     encode_msg,
     encode_presence,
     encode_welcome,
-    max_text_for,
-    nick_key,
-    parse_client,
-    validate_nick,
-    validate_room,
 )
 
 MAX_TEXT = 100

@@ -22,11 +22,10 @@ KNOWN_LARGE: dict[str, int] = {
     # Its WebSocket phase (message assembly, rate checks, the close handshake)
     # is still inside the asyncio protocol.
     "connection.py": 613,
-    "messages.py": 412,
 }
 KNOWN_LARGE_CLASSES: dict[str, int] = {
     "broker.py:Broker": 339,
-    "chat.py:Chat": 348,
+    "chat.py:Chat": 372,
     "connection.py:Connection": 506,
 }
 

@@ -1,0 +1,280 @@
+"""Running a public room: roles, room owners, kicks, mutes, bans and deletions. No I/O.
+
+The chat (rawchat/chat.py) calls in at a few places: when a hello arrives (`admit`), when a
+nick is claimed (`may_take`), when a session joins (`may_join`) or posts (`may_post`), and
+for every moderation message (`handle`). Everything this module decides is kept here, keyed
+by nick key and room name, so that the chat's own structures stay as they were.
+
+Who may moderate: operators (a token with ``"role": "operator"``) everywhere; a room's
+owners in that room. A room gets its first owner when a token holder creates it (joins it
+while the server holds no such room), and operators grant or take ownership with ``owner``.
+The lobby has no owners. Owners are named by nick key, so ownership follows the reserved
+nick, not the connection.
+
+Every action is logged (who, what, whom, where) and counted in `Moderation.counts`, which
+the metrics module can read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from rawchat import frames, replies
+from rawchat import messages as m
+from rawchat.direct import DirectMessages, TypingRelay
+from rawchat.identity import (
+    GUEST,
+    MemoryReservations,
+    ReservedNicks,
+    Role,
+    Seat,
+    Tokens,
+    nick_key,
+)
+
+if TYPE_CHECKING:
+    from rawchat.config import Config
+    from rawchat.rooms import Session, Venue
+
+log = logging.getLogger("rawchat.moderation")
+
+#: Expired mutes and bans are forgotten when this many are kept (and on every check).
+PRUNE_AT = 4096
+
+
+class Penalties:
+    """Mutes or bans: (room, who) -> the time they end. ``who`` is a nick key or an address."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._until: dict[tuple[str, str], float] = {}
+
+    def set(self, room: str, who: str, seconds: int) -> None:
+        if seconds == 0:
+            self._until.pop((room, who), None)
+            return
+        if len(self._until) >= PRUNE_AT:
+            now = self.clock()
+            self._until = {k: t for k, t in self._until.items() if t > now}
+        self._until[(room, who)] = self.clock() + seconds
+
+    def remaining(self, room: str, who: str) -> int:
+        """Whole seconds left (rounded up), 0 when none is in force."""
+        until = self._until.get((room, who))
+        if until is None:
+            return 0
+        left = until - self.clock()
+        if left <= 0:
+            del self._until[(room, who)]
+            return 0
+        return int(left) + (left > int(left))
+
+
+class Moderation:
+    """Tokens, reserved nicks, owners, mutes and bans of one chat."""
+
+    def __init__(
+        self,
+        *,
+        tokens: Tokens | None = None,
+        require_token: bool = False,
+        reserved: ReservedNicks | None = None,
+        history: int = 100,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if require_token and tokens is None:
+            raise ValueError("requiring a token needs a token secret")
+        self.tokens = tokens
+        self.require_token = require_token
+        self.reserved: ReservedNicks = reserved or MemoryReservations()
+        self.clock = clock
+        #: room -> nick keys of its owners.
+        self.owners: dict[str, set[str]] = {}
+        self.mutes = Penalties(clock)
+        self.bans = Penalties(clock)
+        #: Bans of guests by address: a guest can change nick, not so easily address.
+        self.address_bans = Penalties(clock)
+        self.direct = DirectMessages(history, clock)
+        self.typing = TypingRelay(clock)
+        #: Actions taken (kick, mute, ban, delete, owner) and refusals (forbidden,
+        #: bad_token, nick_reserved, muted, banned), for /metrics.
+        self.counts: Counter[str] = Counter()
+
+    @classmethod
+    def from_config(cls, config: Config, clock: Callable[[], float] = time.time) -> Moderation:
+        tokens = None
+        if config.token_secret_file is not None:
+            tokens = Tokens.from_file(config.token_secret_file)
+            tokens.clock = clock
+        return cls(
+            tokens=tokens,
+            require_token=config.require_token,
+            history=config.history,
+            clock=clock,
+        )
+
+    # -- identity -----------------------------------------------------------------
+
+    def admit(self, session: Session, hello: m.Hello) -> None:
+        """Check a hello's token (or its absence) and seat the session; nothing else changes."""
+        if hello.token is None:
+            if self.require_token:
+                self.counts["token_required"] += 1
+                raise m.ProtocolError("token_required", "this server admits token holders only")
+            session.seat = GUEST
+            return
+        if self.tokens is None:
+            self.counts["bad_token"] += 1
+            raise m.ProtocolError("bad_token", "this server does not accept tokens")
+        try:
+            role = self.tokens.verify(hello.token, hello.nick)
+        except m.ProtocolError:
+            self.counts["bad_token"] += 1
+            raise
+        session.seat = Seat(role, nick_key(hello.nick))
+
+    def may_take(self, session: Session, key: str) -> None:
+        """Refuse a nick that is reserved for someone else, or a token holder's change of nick."""
+        seat = session.seat
+        if seat.key:
+            if key != seat.key:
+                raise m.ProtocolError("forbidden", "your token is for another nick")
+            return
+        if self.reserved.is_reserved(key):
+            self.counts["nick_reserved"] += 1
+            raise m.ProtocolError("nick_reserved", "this nick belongs to a token holder")
+
+    def outranks(self, session: Session, holder: Session) -> bool:
+        """Whether ``session``, holding a token for the nick, takes it from a guest using it."""
+        return bool(session.seat.key) and holder.seat is GUEST
+
+    def greeted(self, session: Session, welcome: str) -> str:
+        """The session's nick is its own now: reserve it, and say so in ``welcome``."""
+        seat = session.seat
+        if seat.key:
+            self.reserved.reserve(seat.key)
+        return replies.encode_role(welcome, seat.role.value, bool(seat.key))
+
+    # -- rooms ----------------------------------------------------------------------
+
+    def may_join(self, chat: Venue, session: Session, name: str) -> None:
+        """Refuse a banned session; make a token holder who creates a room its owner."""
+        left = self.bans.remaining(name, session.key)
+        if not left and session.seat is GUEST:
+            left = self.address_bans.remaining(name, session.connection.address)
+        if left:
+            self.counts["banned"] += 1
+            raise m.ProtocolError("banned", f"you are banned from {name} for {left} more seconds")
+        seat = session.seat
+        if seat.key and name not in chat.rooms and name != m.DEFAULT_ROOM:
+            self.owners.setdefault(name, {seat.key})
+
+    def may_post(self, session: Session, room: str, cid: str | None = None) -> None:
+        left = self.mutes.remaining(room, session.key)
+        if left:
+            self.counts["muted"] += 1
+            raise m.ProtocolError("muted", f"you are muted in {room} for {left} more seconds", cid)
+
+    def may_moderate(self, session: Session, room: str) -> bool:
+        seat = session.seat
+        if seat.role is Role.OPERATOR:
+            return True
+        return bool(seat.key) and seat.key in self.owners.get(room, ())
+
+    # -- moderation messages ------------------------------------------------------------
+
+    def handle(self, chat: Venue, session: Session, message: m.Extra) -> None:
+        if isinstance(message, m.Typing):
+            self.typing.relay(chat, session, message.room)
+        elif isinstance(message, m.Direct):
+            self.direct.send(chat, session, message)
+        elif isinstance(message, m.DirectHistory):
+            self.direct.history(chat, session, message.peer)
+        elif isinstance(message, m.Owner):
+            self._owner(chat, session, message)
+        elif not self.may_moderate(session, message.room):
+            self._forbidden(session, type(message).__name__.lower(), message.room)
+        elif isinstance(message, m.Delete):
+            self._delete(chat, session, message)
+        else:
+            self._moderate(chat, session, message)
+
+    def _forbidden(self, session: Session, action: str, room: str) -> None:
+        self.counts["forbidden"] += 1
+        log.info("refused %s in %s by %s: not a moderator", action, room, session.nick)
+        raise m.ProtocolError("forbidden", f"you may not moderate {room}")
+
+    def _done(self, action: str, session: Session, whom: str, room: str, detail: str) -> None:
+        self.counts[action] += 1
+        log.info("%s %s in %s by %s%s", action, whom, room, session.nick, detail)
+
+    def _moderate(self, chat: Venue, session: Session, message: m.Moderate) -> None:
+        key = nick_key(message.nick)
+        target = chat.nicks.get(key)
+        room = chat.rooms.get(message.room)
+        present = target is not None and room is not None and target.rooms.get(room.name) is room
+        if message.action == "kick" and not present:
+            raise m.ProtocolError("no_such_nick", f"{message.nick} is not in {message.room}")
+        if message.action == "mute":
+            self.mutes.set(message.room, key, message.seconds)
+        elif message.action == "ban":
+            self.bans.set(message.room, key, message.seconds)
+            if target is not None and target.seat is GUEST:
+                self.address_bans.set(message.room, target.connection.address, message.seconds)
+        detail = f" for {message.seconds}s" if message.action != "kick" else ""
+        reason = f": {message.reason}" if message.reason else ""
+        self._done(message.action, session, message.nick, message.room, detail + reason)
+        told = replies.encode_moderated(
+            message.action,
+            message.room,
+            message.nick,
+            session.nick,
+            message.seconds,
+            message.reason,
+        )
+        # The target hears it too, before it leaves: that is how it learns why.
+        self._tell(chat, session, message.room, told)
+        removes = message.action == "kick" or (message.action == "ban" and message.seconds > 0)
+        if present and removes and target is not None:
+            self._remove(chat, target, message.room)
+
+    def _tell(self, chat: Venue, session: Session, name: str, text: str) -> None:
+        """Tell a room what a moderator did; the moderator hears it even from outside."""
+        room = chat.rooms.get(name)
+        if room is not None:
+            chat.hub.broadcast(frames.message(text), room.v1)
+        if room is None or session.rooms.get(name) is not room:
+            chat.send(session, text)
+
+    def _remove(self, chat: Venue, target: Session, name: str) -> None:
+        room = target.rooms[name]
+        if target.plain:
+            # A plain client lives in the lobby only and cannot rejoin by itself.
+            target.close(1008, "removed by a moderator")
+            return
+        chat.exit_room(target, room)
+
+    def _delete(self, chat: Venue, session: Session, message: m.Delete) -> None:
+        room = chat.rooms.get(message.room)
+        if room is None or not room.history.delete(message.id):
+            raise m.ProtocolError("no_such_message", f"no message {message.id} in {message.room}")
+        self._done("delete", session, f"message {message.id}", room.name, "")
+        self._tell(
+            chat, session, room.name, replies.encode_deleted(room.name, message.id, session.nick)
+        )
+
+    def _owner(self, chat: Venue, session: Session, message: m.Owner) -> None:
+        if session.seat.role is not Role.OPERATOR:
+            self._forbidden(session, "owner", message.room)
+        key = nick_key(message.nick)
+        if message.owner:
+            self.owners.setdefault(message.room, set()).add(key)
+        else:
+            self.owners.get(message.room, set()).discard(key)
+        self._done("owner", session, message.nick, message.room, f" = {message.owner}")
+        told = replies.encode_owner(message.room, message.nick, message.owner, session.nick)
+        self._tell(chat, session, message.room, told)
