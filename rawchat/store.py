@@ -22,7 +22,9 @@ the writer.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import queue
 import secrets
 import sqlite3
@@ -34,9 +36,16 @@ from typing import NamedTuple
 
 log = logging.getLogger("rawchat.store")
 
+#: The database file inside the data directory, and the lock that keeps it to one process.
+DATABASE = "history.sqlite3"
+LOCK = "rawchat.lock"
+
+#: The schema this rawchat writes (SQLite's user_version). A database at an older
+#: version is brought forward by MIGRATIONS, one step at a time; a newer one is refused.
+SCHEMA_VERSION = 1
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE messages (
     room TEXT NOT NULL,
     id INTEGER NOT NULL,
     ts REAL NOT NULL,
@@ -45,13 +54,23 @@ CREATE TABLE IF NOT EXISTS messages (
     size INTEGER NOT NULL,
     PRIMARY KEY (room, id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS messages_by_age ON messages (ts);
+CREATE INDEX messages_by_age ON messages (ts);
 """
+#: version -> the script that takes a database from that version to the next.
+MIGRATIONS: dict[int, str] = {0: SCHEMA}
 
 #: Bytes a stored message costs besides its nick and text (ids, timestamp, JSON keys).
 OVERHEAD = 64
 #: How often the writer deletes messages older than the retention's age limit.
 EXPIRY_INTERVAL = 1.0
+#: After a failed write, how long the writer waits before it tries again.
+RETRY_INTERVAL = 1.0
+#: Messages kept for a retry while the disk refuses writes; older ones are given up.
+MAX_PENDING = 100_000
+
+
+class StoreError(Exception):
+    """The data directory cannot be used; the message says why and what to do."""
 
 
 class Stored(NamedTuple):
@@ -92,16 +111,28 @@ _Item = tuple[str, int, float, str, str]
 class Store:
     """One SQLite database of every room's history, its id reservation and the epoch."""
 
-    def __init__(self, path: Path, retention: Retention, *, window: float = 0.005) -> None:
-        self.path = path
+    def __init__(self, directory: Path, retention: Retention, *, window: float = 0.005) -> None:
+        self.path = directory / DATABASE
         self.retention = retention
         self.window = window
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._reader = _connect(path)
-        self._reader.executescript(SCHEMA)
-        self.epoch = self._meta("epoch") or self._set_meta("epoch", secrets.token_urlsafe(6))
-        #: Ids up to this may have been given to messages: a restart starts past it.
-        self.reserved = int(self._meta("reserved") or 0)
+        #: Why the last write failed, while writes fail (for /healthz); None when healthy.
+        self.failing: str | None = None
+        #: Batches that failed to commit, and messages given up after failing too long.
+        self.errors = 0
+        self.lost = 0
+        self._lock = _lock(directory)
+        try:
+            self._reader = _connect(self.path)
+            _migrate(self._reader, self.path)
+            self.epoch = self._meta("epoch") or self._set_meta("epoch", secrets.token_urlsafe(6))
+            #: Ids up to this may have been given to messages: a restart starts past it.
+            self.reserved = int(self._meta("reserved") or 0)
+        except StoreError:
+            os.close(self._lock)
+            raise
+        except sqlite3.DatabaseError as error:
+            os.close(self._lock)
+            raise StoreError(f"{self.path} is not a rawchat history database ({error})") from None
         self._queue: queue.SimpleQueue[_Item | _Forget | _Stop] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="rawchat-store", daemon=True)
         self._writer.start()
@@ -120,7 +151,10 @@ class Store:
     def reserve(self, upto: int) -> None:
         """Record, committed before returning, that ids up to ``upto`` may be used."""
         if upto > self.reserved:
-            self._set_meta("reserved", str(upto))
+            try:
+                self._set_meta("reserved", str(upto))
+            except sqlite3.Error as error:
+                self._failed(error)
             self.reserved = upto
 
     def newest(self, room: str, limit: int) -> list[Stored]:
@@ -139,8 +173,7 @@ class Store:
     def after(self, room: str, after: int, limit: int) -> list[Stored]:
         """Up to ``limit`` messages with ids above ``after``, oldest first."""
         rows = self._reader.execute(
-            "SELECT id, ts, nick, text FROM messages WHERE room = ? AND id > ?"
-            " ORDER BY id LIMIT ?",
+            "SELECT id, ts, nick, text FROM messages WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
             (room, after, limit),
         )
         return [Stored(*row) for row in rows]
@@ -160,6 +193,7 @@ class Store:
         self._queue.put(_STOP)
         self._writer.join()
         self._reader.close()
+        os.close(self._lock)
 
     def _meta(self, key: str) -> str | None:
         row = self._reader.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -178,29 +212,64 @@ class Store:
 
     def _write_loop(self) -> None:
         db = _connect(self.path)
-        pruner = _Pruner(db, self.retention)
+        pruner: _Pruner | None = None
+        pending: list[_Item | _Forget] = []
         stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if isinstance(first, _Stop):
-                break
-            batch: list[_Item | _Forget] = [first]
-            deadline = time.monotonic() + self.window
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    item = self._queue.get(timeout=left)
-                except queue.Empty:
-                    break
-                if isinstance(item, _Stop):
-                    stopping = True
-                    break
-                batch.append(item)
+        while True:
+            if not stopping:
+                stopping = self._collect(pending, RETRY_INTERVAL if pending else self.window)
             try:
                 with db:
-                    self._write(db, pruner, batch)
-            except sqlite3.Error:
-                log.exception("could not write %d changes to %s", len(batch), self.path)
+                    pruner = pruner or _Pruner(db, self.retention)
+                    self._write(db, pruner, pending)
+            except sqlite3.Error as error:
+                # The transaction rolled back, tallies included: count afresh next time.
+                pruner = None
+                self._failed(error)
+                if len(pending) > MAX_PENDING:
+                    self.lost += len(pending) - MAX_PENDING
+                    del pending[: len(pending) - MAX_PENDING]
+                if not stopping:
+                    continue
+                log.error("%d messages could not be written to %s", len(pending), self.path)
+            else:
+                pending.clear()
+                if self.failing is not None:
+                    log.warning("writing to %s again", self.path)
+                    self.failing = None
+            if stopping:
+                break
         db.close()
+
+    def _collect(self, pending: list[_Item | _Forget], window: float) -> bool:
+        """Add to ``pending`` what arrives within ``window`` (waiting for a first item when
+        there is none); True when the store is closing."""
+        if not pending:
+            first = self._queue.get()
+            if isinstance(first, _Stop):
+                return True
+            pending.append(first)
+        deadline = time.monotonic() + window
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if isinstance(item, _Stop):
+                return True
+            pending.append(item)
+        return False
+
+    def _failed(self, error: sqlite3.Error) -> None:
+        self.errors += 1
+        if self.failing is None:
+            log.error(
+                "cannot write to %s: %s; live chat goes on, history is kept in memory"
+                " and written when the disk takes it again",
+                self.path,
+                error,
+            )
+        self.failing = str(error)
 
     @staticmethod
     def _write(db: sqlite3.Connection, pruner: _Pruner, batch: list[_Item | _Forget]) -> None:
@@ -287,6 +356,42 @@ class _Pruner:
             tally[1] -= size
             if not tally[0]:
                 del self.tally[room]
+
+
+def _lock(directory: Path) -> int:
+    """Hold the data directory for this process, or say who holds it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise StoreError(f"cannot use {directory} as the data directory: {error}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise StoreError(
+            f"{directory} is in use by another rawchat (pid {holder}); give each server its own"
+            " --data directory, or share history between servers with --broker"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to SCHEMA_VERSION, refusing a database from a newer rawchat."""
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} was written by a newer rawchat (schema {version}; this one knows up to"
+            f" {SCHEMA_VERSION}); upgrade rawchat or point --data elsewhere"
+        )
+    while version < SCHEMA_VERSION:
+        db.executescript(
+            f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;"
+        )
+        version += 1
 
 
 def _connect(path: Path) -> sqlite3.Connection:
