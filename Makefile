@@ -61,7 +61,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --strict rawchat
 
-pytest: $(VENV)/.installed-dev system-deps
+pytest: $(VENV)/.installed-dev system-deps bench-peers
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
