@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rawchat import __version__
 from rawchat.config import Config, KiB, MiB
+from rawchat.proxies import networks
 
 
 def _size(text: str) -> int:
@@ -26,6 +27,16 @@ def _size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1 byte")
     return value
+
+
+def _addresses(text: str) -> list[str]:
+    """Addresses or networks separated by commas, each checked."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        networks(tuple(items))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--trust-proxy: ")) from None
+    return items
 
 
 def parser() -> argparse.ArgumentParser:
@@ -164,8 +175,13 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--trust-proxy",
-        action="store_true",
-        help="take the client address from X-Forwarded-For/Forwarded (behind a reverse proxy)",
+        type=_addresses,
+        action="extend",
+        default=[],
+        metavar="ADDRESSES",
+        help="the reverse proxies in front of rawchat, addresses or networks separated by"
+        " commas (127.0.0.1,10.0.0.0/8): from them X-Forwarded-For/-Proto/-Host and"
+        " Forwarded count, from any other peer they are ignored",
     )
     g.add_argument(
         "--rate",
@@ -258,7 +274,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             allow_origins=tuple(args.allow_origin),
             max_connections=args.max_connections,
             max_connections_per_ip=args.max_connections_per_ip,
-            trust_proxy=args.trust_proxy,
+            trust_proxy=tuple(args.trust_proxy),
             rate=args.rate,
             burst=args.burst,
             flood_timeout=args.flood_timeout,

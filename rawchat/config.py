@@ -6,6 +6,8 @@ import dataclasses
 import resource
 from pathlib import Path
 
+from rawchat.proxies import networks
+
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -78,8 +80,9 @@ class Config:
     #: WebSocket connections open at once from one client address (429 beyond).
     #: Off by default: a NAT, a proxy or a load generator is one address.
     max_connections_per_ip: int = 0
-    #: Count X-Forwarded-For / Forwarded as the client address (behind a proxy).
-    trust_proxy: bool = False
+    #: The reverse proxies (addresses or networks) whose X-Forwarded-For/-Proto/-Host
+    #: and Forwarded headers count; from any other peer they are ignored.
+    trust_proxy: tuple[str, ...] = ()
     #: Messages per second one connection may send, and the burst it may save up:
     #: past it the connection is slowed (shaped), never has messages dropped.
     rate: float = 0.0
@@ -135,6 +138,7 @@ class Config:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative (0 means no limit)")
+        networks(self.trust_proxy)  # ValueError naming the entry that is not a network
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
         if self.workers < 1:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import h11
 
-from rawchat import http, limits
+from rawchat import http, limits, proxies
 from rawchat.config import Config
 from rawchat.limits import Occupancy, PerAddress
 from rawchat.metrics import Counters
@@ -87,6 +87,9 @@ class HttpPhase:
         "h11",
         "_request",
         "slot",
+        "proxies",
+        "peer_address",
+        "trusted",
     )
 
     def __init__(
@@ -110,8 +113,13 @@ class HttpPhase:
             max_incomplete_event_size=max(config.max_request_head - HEAD_SLICE, 1),
         )
         self._request: h11.Request | None = None
+        self.proxies = proxies.networks(config.trust_proxy)
+        #: The TCP peer's address (host.address becomes the client's behind a proxy).
+        self.peer_address = host.address
+        #: The peer is one of the proxies named by --trust-proxy: its forwarding headers count.
+        self.trusted = proxies.trusted(proxies.parse_address(host.address), self.proxies)
         #: This connection's slot of the connection caps.
-        self.slot = Slot(occupancy, counters, host.address, trust_proxy=config.trust_proxy)
+        self.slot = Slot(occupancy, counters, host.address, behind_proxy=self.trusted)
         host.set_timer(config.handshake_timeout, self.timed_out)
 
     def receive(self, data: bytes) -> bytes:
@@ -192,16 +200,22 @@ class HttpPhase:
         if isinstance(decision, http.Reply):
             reason = {405: "method", 426: "version"}.get(decision.status, "bad_request")
         else:
-            self.host.address = limits.client_address(
-                self.host.address, request.headers, config.trust_proxy
-            )
             origin = http.single_header(request, b"origin")
             host = http.single_header(request, b"host")
+            scheme = "https" if config.certfile is not None else "http"
+            if self.trusted:
+                # The proxy knows what the browser used: https, and the host it
+                # asked for. The origin check compares the Origin with those.
+                said = proxies.forwarded(request.headers, self.proxies)
+                self.host.address = said.address or self.peer_address
+                scheme = said.scheme or scheme
+                if said.host is not None:
+                    host = said.host.encode("latin-1")
             if not limits.origin_allowed(
                 None if origin is None else origin.decode("latin-1"),
                 None if host is None else host.decode("latin-1"),
                 config.allow_origins,
-                tls=config.certfile is not None,
+                tls=scheme == "https",
             ):
                 reason, decision = "origin", http.error_reply(403)
             elif not self.handshake_limiter.allow(self.host.address):

@@ -6,7 +6,6 @@ acts on the answer. A limit of 0 means no limit.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -125,9 +124,11 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str],
     """Whether a browser's ``Origin`` may open a WebSocket here.
 
     No Origin header means no browser (or one that does not need protecting), so
-    it is allowed. Otherwise the origin must be the page's own (same host and
-    port as the request's ``Host``, defaults filled in) or listed exactly in
-    ``allowed``, where ``*`` lets every origin in. This is what stops another
+    it is allowed. Otherwise the origin must be the page's own (the scheme the
+    page was served with, the host and port of the request's ``Host``, defaults
+    filled in) or listed exactly in ``allowed``, where ``*`` lets every origin
+    in. Behind a trusted proxy, ``tls`` and ``host`` are what the proxy reports
+    (rawchat.proxies). This is what stops another
     site's page from opening a WebSocket with the visitor's cookies
     (cross-site WebSocket hijacking).
     """
@@ -138,46 +139,10 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str],
         return True
     if host is None or origin == "null":
         return False
+    own_scheme = "https" if tls else "http"
     scheme, sep, netloc = origin.partition("://")
-    if not sep or scheme not in ("http", "https"):
+    if not sep or scheme != own_scheme:  # an origin is scheme, host and port
         return False
-    own = _host_port(host, "https" if tls else "http")
+    own = _host_port(host, own_scheme)
     theirs = _host_port(netloc, scheme)
     return own is not None and theirs is not None and own == theirs
-
-
-def client_address(peer: str, headers: Iterable[tuple[bytes, bytes]], trust_proxy: bool) -> str:
-    """The address limits are counted against.
-
-    Without ``trust_proxy`` it is the TCP peer: forwarding headers are anyone's
-    to write. Behind a proxy it is the address the proxy saw: the last entry it
-    appended to ``X-Forwarded-For`` or, for a proxy that sets only that,
-    ``Forwarded: for=``.
-    """
-    if not trust_proxy:
-        return peer
-    # X-Forwarded-For is what nginx, Caddy and HAProxy set. When it is there,
-    # a Forwarded header can only be the client's own invention, passed along
-    # by a proxy that does not know it: it is believed only on its own.
-    forwarded_for = [value for name, value in headers if name == b"x-forwarded-for"]
-    found: str | None = None
-    if forwarded_for:
-        found = forwarded_for[-1].decode("latin-1").split(",")[-1].strip() or None
-    else:
-        for name, value in headers:
-            if name != b"forwarded":
-                continue
-            for element in value.decode("latin-1").split(","):
-                for pair in element.split(";"):
-                    key, _, val = pair.strip().partition("=")
-                    if key.lower() == "for" and val:
-                        found = val.strip('"')
-    if found is None:
-        return peer
-    found = found.removeprefix("[").split("]")[0] if found.startswith("[") else found
-    if found.count(":") == 1:  # host:port
-        found = found.split(":")[0]
-    try:
-        return str(ipaddress.ip_address(found))
-    except ValueError:
-        return peer

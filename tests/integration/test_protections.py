@@ -267,7 +267,7 @@ def test_one_address_gets_429_past_its_share_and_cannot_dodge_it_with_forwarding
 
 def test_behind_a_trusted_proxy_each_forwarded_address_has_its_own_share() -> None:
     async def main() -> None:
-        async with serving(max_connections_per_ip=1, trust_proxy=True) as server:
+        async with serving(max_connections_per_ip=1, trust_proxy=("127.0.0.1",)) as server:
             state = server.state
             assert state is not None
             url = ws_url(server)
@@ -431,7 +431,9 @@ def test_a_slow_reader_in_a_small_room_is_evicted_and_holds_no_one() -> None:
 
 def test_a_handshake_storm_from_one_address_gets_429_and_others_still_connect() -> None:
     async def main() -> None:
-        async with serving(trust_proxy=True, handshake_rate=1, handshake_burst=2) as server:
+        async with serving(
+            trust_proxy=("127.0.0.1",), handshake_rate=1, handshake_burst=2
+        ) as server:
             url = ws_url(server)
             honest_address = {"X-Forwarded-For": "198.51.100.7"}
             stormer = {"X-Forwarded-For": "203.0.113.9"}
