@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from rawchat import __version__
-from rawchat.config import Config, KiB, MiB
+from rawchat.config import Config, KiB, MiB, raise_open_files_limit
 from rawchat.proxies import networks
 
 
@@ -349,10 +350,15 @@ def token_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _count(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == ["token"]:
         return token_main(arguments[1:])
+    before, soft, hard = raise_open_files_limit()
     config = config_from_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     if config.log_format == "json":
@@ -360,6 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    logging.getLogger("rawchat").info(
+        "open files: soft limit %s (%s), hard limit %s",
+        _count(soft),
+        "raised from " + _count(before) if soft != before else "unchanged",
+        _count(hard),
+    )
     try:
         if config.workers > 1:
             from rawchat.workers import supervise

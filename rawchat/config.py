@@ -31,6 +31,32 @@ def default_max_connections() -> int:
     return max(soft - FD_RESERVE, 1)
 
 
+def raise_open_files_limit() -> tuple[int, int, int]:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one: (soft before, soft now, hard).
+
+    Every client is a file descriptor, and distributions start processes with a
+    soft limit of 1024 under a hard one of many thousands: left alone, rawchat
+    would turn clients away (EMFILE, or a 503 at the default --max-connections)
+    that the host allows it to serve. Done before the configuration is built,
+    whose default --max-connections follows the soft limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        # Linux refuses a soft limit above fs.nr_open, even under an infinite hard one.
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            return soft, soft, hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        return soft, soft, hard
+    return soft, target, hard
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"

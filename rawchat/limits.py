@@ -6,8 +6,32 @@ acts on the answer. A limit of 0 means no limit.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
+
+from rawchat.proxies import parse_address
+
+
+@functools.lru_cache(maxsize=4096)
+def _group_v6(address: str) -> str:
+    parsed = parse_address(address)
+    if parsed is None:
+        return address
+    if parsed.version == 4:  # IPv4-mapped, from a dual-stack socket
+        return str(parsed)
+    return str(ipaddress.IPv6Network((int(parsed) >> 64 << 64, 64)))
+
+
+def group(address: str) -> str:
+    """What per-address limits count ``address`` under: IPv6 clients by their /64.
+
+    One host, one subscriber's line, usually has a whole /64 to pick addresses
+    from: counted one by one, it could open as many connections as it likes.
+    IPv4 addresses count one by one.
+    """
+    return _group_v6(address) if ":" in address else address
 
 
 class TokenBucket:
@@ -63,6 +87,7 @@ class PerAddress:
     def allow(self, address: str) -> bool:
         if self.rate <= 0:
             return True
+        address = group(address)
         now = self.clock()
         bucket = self._buckets.get(address)
         if bucket is None:
@@ -79,7 +104,7 @@ class PerAddress:
 
 
 class Occupancy:
-    """WebSocket connections open, in all and per client address."""
+    """Connections open, in all and per client address (IPv6: per /64, see ``group``)."""
 
     def __init__(self, total: int, per_address: int) -> None:
         self.total_limit = total
@@ -91,15 +116,20 @@ class Occupancy:
         """The status refusing one more connection from ``address``, or None to admit it."""
         if self.total_limit and self.total >= self.total_limit:
             return 503
-        if self.per_address_limit and self.by_address.get(address, 0) >= self.per_address_limit:
+        if (
+            self.per_address_limit
+            and self.by_address.get(group(address), 0) >= self.per_address_limit
+        ):
             return 429
         return None
 
     def enter(self, address: str) -> None:
+        address = group(address)
         self.total += 1
         self.by_address[address] = self.by_address.get(address, 0) + 1
 
     def leave(self, address: str) -> None:
+        address = group(address)
         self.total -= 1
         left = self.by_address[address] - 1
         if left:

@@ -203,3 +203,35 @@ def test_a_star_allows_every_origin() -> None:
     for origin in ("https://evil.example", "null", "chrome-extension://abc", "garbage"):
         assert origin_allowed(origin, "127.0.0.1:8080", ["*"], False)
         assert origin_allowed(origin, None, iter(["*"]), True)
+
+
+# -- IPv6 clients count by their /64 --------------------------------------------------------
+
+
+def test_ipv6_addresses_of_one_64_share_a_per_address_cap() -> None:
+    occupancy = Occupancy(total=0, per_address=2)
+    occupancy.enter("2001:db8:1:2::1")
+    occupancy.enter("2001:db8:1:2:ffff:ffff:ffff:fffe")
+    assert occupancy.refusal("2001:db8:1:2::77") == 429, "a host has a whole /64 to pick from"
+    assert occupancy.refusal("2001:db8:1:3::1") is None, "the next /64 is someone else"
+    assert occupancy.refusal("192.0.2.1") is None
+    occupancy.leave("2001:db8:1:2::1")
+    assert occupancy.refusal("2001:db8:1:2::77") is None
+    occupancy.leave("2001:db8:1:2:ffff:ffff:ffff:fffe")
+    assert occupancy.by_address == {}
+
+
+def test_ipv6_addresses_of_one_64_share_a_handshake_bucket() -> None:
+    limiter = PerAddress(rate=1.0, burst=2, clock=Clock())
+    assert limiter.allow("2001:db8::1")
+    assert limiter.allow("2001:db8::2")
+    assert not limiter.allow("2001:db8::ffff:3"), "another address of the same /64"
+    assert limiter.allow("2001:db8:0:1::1")
+
+
+def test_ipv4_addresses_count_one_by_one_however_they_are_spelled() -> None:
+    occupancy = Occupancy(total=0, per_address=1)
+    occupancy.enter("192.0.2.1")
+    assert occupancy.refusal("192.0.2.2") is None
+    assert occupancy.refusal("::ffff:192.0.2.1") == 429, "IPv4-mapped on a dual-stack socket"
+    assert occupancy.refusal("::ffff:192.0.2.2") is None
