@@ -211,7 +211,8 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=d.handshake_rate,
         metavar="PER_SECOND",
-        help="WebSocket handshakes per second from one address; more get 429"
+        help="WebSocket handshakes per second from one address past its burst: more"
+        " wait for their turn, up to --handshake-timeout, then get 429"
         " (a NAT or proxy is one address: use behind --trust-proxy)",
     )
     g.add_argument(
@@ -366,12 +367,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
-    logging.getLogger("rawchat").info(
-        "open files: soft limit %s (%s), hard limit %s",
-        _count(soft),
-        "raised from " + _count(before) if soft != before else "unchanged",
-        _count(hard),
-    )
     try:
         if config.workers > 1:
             from rawchat.workers import supervise
@@ -379,7 +374,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return supervise(config, sys.argv[1:] if argv is None else argv)
         from rawchat.server import run
 
-        run(config)
+        def started(_: object) -> None:
+            # After the listening line, which stays the first one a server logs.
+            logging.getLogger("rawchat").info(
+                "open files: soft limit %s (%s), hard limit %s",
+                _count(soft),
+                "raised from " + _count(before) if soft != before else "unchanged",
+                _count(hard),
+            )
+
+        run(config, started)
     except OSError as exc:
         logging.getLogger("rawchat").error(
             "cannot listen on %s:%d: %s", config.host, config.port, exc

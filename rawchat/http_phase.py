@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -182,9 +183,12 @@ class HttpPhase:
         head_only = request.method == b"HEAD"
         path = http.path_of(request.target)
         if path == http.WEBSOCKET_PATH:
-            decision = self._admit(request)
+            decision, wait = self._admit(request)
             if isinstance(decision, http.Upgrade):
-                self._upgrade(decision)
+                if wait > 0:
+                    self._pace(decision, wait)
+                else:
+                    self._upgrade(decision)
             else:
                 self._reply(decision, head_only=head_only)
         elif path in self.routes:
@@ -192,11 +196,15 @@ class HttpPhase:
         else:
             self._reply(self.static.reply(request.target), head_only=head_only)
 
-    def _admit(self, request: h11.Request) -> http.Upgrade | http.Reply:
-        """Check an opening handshake against the RFC, then against our limits."""
+    def _admit(self, request: h11.Request) -> tuple[http.Upgrade | http.Reply, float]:
+        """Check an opening handshake against the RFC, then against our limits.
+
+        An upgrade comes with the seconds it waits for its turn (--handshake-rate).
+        """
         config = self.config
         decision = http.check_upgrade(request)
         reason = None
+        wait = 0.0
         if isinstance(decision, http.Reply):
             reason = {405: "method", 426: "version"}.get(decision.status, "bad_request")
         else:
@@ -218,18 +226,47 @@ class HttpPhase:
                 tls=scheme == "https",
             ):
                 reason, decision = "origin", http.error_reply(403)
-            elif not self.handshake_limiter.allow(self.host.address):
-                reason, decision = "rate", http.error_reply(429, (b"retry-after", b"1"))
-            elif self.slot.counted != self.host.address:
-                # Behind a trusted proxy: its slot moves to the forwarded address.
-                status = self.slot.move(self.host.address)
-                if status is not None:
-                    reason = "full" if status == 503 else "per_ip"
-                    decision = http.error_reply(status, (b"retry-after", b"5"))
+            elif self.slot.counted != self.host.address and (
+                status := self.slot.move(self.host.address)  # behind a proxy: the client's
+            ):
+                reason = "full" if status == 503 else "per_ip"
+                decision = http.error_reply(status, (b"retry-after", b"5"))
+            else:
+                # Past its burst, an address waits for its turn rather than being
+                # refused, up to --handshake-timeout; only past that is it turned away.
+                most = config.handshake_timeout
+                wait = self.handshake_limiter.reserve(self.host.address, most)
+                if wait > most:
+                    retry = str(max(1, math.ceil(wait - most))).encode()
+                    reason, decision = "rate", http.error_reply(429, (b"retry-after", retry))
         if reason is not None:
             self.counters.handshake_failures[reason] += 1
             log.debug("%s: refused upgrade (%s)", self.host.peer, reason)
-        return decision
+        return decision, wait
+
+    def _pace(self, decision: http.Upgrade, wait: float) -> None:
+        """Answer this upgrade in ``wait`` seconds, reading nothing more from it until then.
+
+        What the client sends meanwhile (its first frames) stays in TCP, and
+        its connection holds its slot of the caps: an address churning
+        handshakes is held to its rate at the cost of its own waiting sockets.
+        """
+        transport = self.host.transport
+        assert transport is not None
+        transport.pause_reading()
+        self.counters.handshakes_paced += 1
+        log.debug("%s: upgrade waits %.3f s for its turn", self.host.peer, wait)
+        self.host.set_timer(wait, lambda: self._paced(decision))
+
+    def _paced(self, decision: http.Upgrade) -> None:
+        transport = self.host.transport
+        if self.host.phase is not Phase.HTTP or self.h11 is None or transport is None:
+            return
+        if transport.is_closing():
+            return
+        # Before the upgrade: the frames it handles may pause reading again (flow control).
+        transport.resume_reading()
+        self._upgrade(decision)
 
     def _reply(self, reply: http.Reply, *, head_only: bool = False, close: bool = False) -> None:
         conn = self.h11

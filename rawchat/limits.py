@@ -68,13 +68,29 @@ class TokenBucket:
     def full(self, now: float) -> bool:
         return self.tokens + (now - self.stamp) * self.rate >= self.burst
 
+    def reserve(self, now: float, most: float) -> float:
+        """Seconds until the next token is there; taken if that is at most ``most``.
+
+        Tokens not there yet are handed out in order: the k-th caller past the
+        burst waits k / rate seconds. A wait over ``most`` takes nothing (the
+        caller refuses), so the debt never passes ``most`` seconds' worth.
+        """
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        wait = max(0.0, (1.0 - tokens) / self.rate)
+        self.tokens = tokens - 1.0 if wait <= most else tokens
+        return wait
+
 
 class PerAddress:
-    """A token bucket per client address, for opening handshakes.
+    """A token bucket per client address, pacing opening handshakes.
 
-    Buckets that have filled up again carry no information and are dropped
-    when the table grows, so a scan across many addresses cannot grow it
-    without bound.
+    An address past its burst is given turns at its rate: each handshake is
+    told how long to wait (see ``reserve``), so a churning address slows
+    itself down and costs what its rate allows, while other addresses are not
+    held at all. Buckets that have filled up again carry no information and
+    are dropped when the table grows, so a scan across many addresses cannot
+    grow it without bound.
     """
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float], size: int = 4096):
@@ -84,9 +100,14 @@ class PerAddress:
         self.size = size
         self._buckets: dict[str, TokenBucket] = {}
 
-    def allow(self, address: str) -> bool:
+    def reserve(self, address: str, most: float) -> float:
+        """Seconds this handshake waits for its turn (0: none); over ``most``: refused.
+
+        A refused handshake takes no turn, so the queue of one address never
+        holds more than ``most`` seconds of its rate.
+        """
         if self.rate <= 0:
-            return True
+            return 0.0
         address = group(address)
         now = self.clock()
         bucket = self._buckets.get(address)
@@ -94,7 +115,7 @@ class PerAddress:
             if len(self._buckets) >= self.size:
                 self._sweep(now)
             bucket = self._buckets[address] = TokenBucket(self.rate, self.burst, now)
-        return bucket.take(now)
+        return bucket.reserve(now, most)
 
     def _sweep(self, now: float) -> None:
         for address in [a for a, b in self._buckets.items() if b.full(now)]:

@@ -9,7 +9,7 @@ import h11
 
 from rawchat.connection import Connection
 from rawchat.server import ServerState
-from tests.unit.fakes import FakeLoop, FakeTransport, make_state
+from tests.unit.fakes import FakeLoop, FakeTransport, make_state, masked
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 
@@ -144,3 +144,64 @@ def test_without_trusted_proxies_forwarding_headers_change_nothing() -> None:
     state, _ = make_state(max_connections_per_ip=1)
     conn, status = upgrade_from(state, "127.0.0.1", handshake("x", X_Forwarded_For="203.0.113.7"))
     assert status == 101 and conn.address == "127.0.0.1"
+
+
+# -- handshake pacing (--handshake-rate) ----------------------------------------------------
+
+
+def paced_state() -> tuple[ServerState, FakeLoop]:
+    # Two turns a second after a burst of two; a turn may be waited for 5 s at most.
+    return make_state(handshake_rate=2.0, handshake_burst=2, handshake_timeout=5.0)
+
+
+def test_a_churning_address_waits_for_its_turn_while_others_go_straight_in() -> None:
+    state, loop = paced_state()
+    for _ in range(2):
+        assert upgrade_from(state, "192.0.2.9", handshake("x"))[1] == 101
+    conn, transport = connect_from(state, "192.0.2.9")
+    # Its first frame comes with the request, as clients that do not wait for the 101 send it.
+    conn.data_received(handshake("x") + masked(0x1, b"queued hello"))
+    assert transport.take() == b"", "no answer yet: it waits for its turn"
+    assert not transport.reading, "and nothing more is read from it meanwhile"
+    assert upgrade_from(state, "192.0.2.10", handshake("x"))[1] == 101, "others are not held"
+    loop.advance(0.49)
+    assert transport.take() == b""
+    loop.advance(0.02)
+    written = transport.take()
+    assert status_of(written) == 101
+    assert written.endswith(b"queued hello"), "its frame was kept and relayed after the 101"
+    assert transport.reading
+    assert state.metrics.handshakes_paced == 1
+
+
+def test_past_a_queue_of_handshake_timeout_seconds_an_address_gets_429() -> None:
+    state, loop = paced_state()
+    waiting = []
+    for _ in range(2 + 10):  # the burst, then 10 turns within 5 s at 2 a second
+        conn, transport = connect_from(state, "192.0.2.9")
+        conn.data_received(handshake("x"))
+        waiting.append(transport)
+    assert sum(status_of(t.take()) == 101 for t in waiting) == 2
+    conn, transport = connect_from(state, "192.0.2.9")
+    conn.data_received(handshake("x"))
+    refused = transport.take()
+    assert status_of(refused) == 429
+    assert b"retry-after: 1\r\n" in refused.lower()
+    assert state.metrics.handshake_failures["rate"] == 1
+    loop.advance(5.0)
+    assert all(status_of(t.take()) == 101 for t in waiting[2:]), "every queued one got in"
+
+
+def test_a_client_that_gives_up_while_waiting_frees_its_slot() -> None:
+    state, loop = make_state(
+        handshake_rate=1.0, handshake_burst=1, handshake_timeout=5.0, max_connections_per_ip=2
+    )
+    assert upgrade_from(state, "192.0.2.9", handshake("x"))[1] == 101
+    conn, transport = connect_from(state, "192.0.2.9")
+    conn.data_received(handshake("x"))
+    assert transport.take() == b""
+    transport.close()
+    loop.advance(2.0)  # its turn passes with nothing to answer
+    assert transport.take() == b""
+    assert state.occupancy.by_address == {"192.0.2.9": 1}
+    assert conn.outbox is None

@@ -59,19 +59,30 @@ class Clock:
         return self.now
 
 
-def test_each_address_has_its_own_handshake_bucket() -> None:
+def test_past_its_burst_an_address_waits_for_turns_at_its_rate() -> None:
     clock = Clock()
-    limiter = PerAddress(rate=1.0, burst=2, clock=clock)
-    assert [limiter.allow("192.0.2.1") for _ in range(3)] == [True, True, False]
-    assert limiter.allow("192.0.2.2"), "another address is not held back"
-    clock.now = 1.0
-    assert limiter.allow("192.0.2.1")
-    assert not limiter.allow("192.0.2.1")
+    limiter = PerAddress(rate=2.0, burst=2, clock=clock)
+    waits = [limiter.reserve("192.0.2.1", most=5.0) for _ in range(5)]
+    assert waits == [0.0, 0.0, 0.5, 1.0, 1.5], "one turn every 1/rate seconds, in order"
+    assert limiter.reserve("192.0.2.2", most=5.0) == 0.0, "another address is not held back"
+    clock.now = 1.5  # the turns handed out so far have come
+    assert limiter.reserve("192.0.2.1", most=5.0) == 0.5
+
+
+def test_a_turn_further_away_than_most_is_refused_and_takes_nothing() -> None:
+    clock = Clock()
+    limiter = PerAddress(rate=2.0, burst=1, clock=clock)
+    waits = [limiter.reserve("192.0.2.1", most=2.0) for _ in range(5)]
+    assert waits == [0.0, 0.5, 1.0, 1.5, 2.0], "four wait, at most `most` seconds"
+    for _ in range(100):  # a churner hammering a full queue does not lengthen it
+        assert limiter.reserve("192.0.2.1", most=2.0) == 2.5
+    clock.now = 0.5
+    assert limiter.reserve("192.0.2.1", most=2.0) == 2.0, "a turn came: the queue has room"
 
 
 def test_a_handshake_rate_of_zero_means_no_limit() -> None:
     limiter = PerAddress(rate=0.0, burst=0, clock=Clock())
-    assert all(limiter.allow("192.0.2.1") for _ in range(1000))
+    assert all(limiter.reserve("192.0.2.1", most=0.0) == 0.0 for _ in range(1000))
     assert not limiter._buckets, "and remembers nothing"
 
 
@@ -80,23 +91,23 @@ def test_a_scan_across_many_addresses_keeps_the_table_bounded() -> None:
     limiter = PerAddress(rate=1.0, burst=5, clock=clock, size=64)
     for i in range(10_000):
         clock.now = i * 0.001
-        assert limiter.allow(f"10.0.{i // 256}.{i % 256}")
+        assert limiter.reserve(f"10.0.{i // 256}.{i % 256}", most=5.0) == 0.0
         assert len(limiter._buckets) <= 64
 
 
 def test_a_sweep_drops_refilled_buckets_first_and_keeps_busy_ones() -> None:
     clock = Clock()
     limiter = PerAddress(rate=1.0, burst=2, clock=clock, size=3)
-    assert limiter.allow("192.0.2.1")  # refilled by t=1: nothing to remember
+    assert limiter.reserve("192.0.2.1", most=0.0) == 0.0  # refilled by t=1: nothing to remember
     clock.now = 1.0
-    assert limiter.allow("192.0.2.2")
-    assert limiter.allow("192.0.2.2")
-    assert not limiter.allow("192.0.2.2")  # busy: empty at t=1
-    assert limiter.allow("192.0.2.3")
-    limiter.allow("192.0.2.4")  # the table is full: a sweep
+    assert limiter.reserve("192.0.2.2", most=0.0) == 0.0
+    assert limiter.reserve("192.0.2.2", most=0.0) == 0.0
+    assert limiter.reserve("192.0.2.2", most=0.0) > 0.0  # busy: empty at t=1
+    assert limiter.reserve("192.0.2.3", most=0.0) == 0.0
+    limiter.reserve("192.0.2.4", most=0.0)  # the table is full: a sweep
     assert "192.0.2.1" not in limiter._buckets
     assert "192.0.2.2" in limiter._buckets
-    assert not limiter.allow("192.0.2.2"), "a sweep does not hand the busy address a new bucket"
+    assert limiter.reserve("192.0.2.2", most=0.0) > 0.0, "a sweep does not refill the busy one"
 
 
 # -- Occupancy -------------------------------------------------------------------------------
@@ -223,10 +234,10 @@ def test_ipv6_addresses_of_one_64_share_a_per_address_cap() -> None:
 
 def test_ipv6_addresses_of_one_64_share_a_handshake_bucket() -> None:
     limiter = PerAddress(rate=1.0, burst=2, clock=Clock())
-    assert limiter.allow("2001:db8::1")
-    assert limiter.allow("2001:db8::2")
-    assert not limiter.allow("2001:db8::ffff:3"), "another address of the same /64"
-    assert limiter.allow("2001:db8:0:1::1")
+    assert limiter.reserve("2001:db8::1", most=5.0) == 0.0
+    assert limiter.reserve("2001:db8::2", most=5.0) == 0.0
+    assert limiter.reserve("2001:db8::ffff:3", most=5.0) == 1.0, "another of the same /64"
+    assert limiter.reserve("2001:db8:0:1::1", most=5.0) == 0.0
 
 
 def test_ipv4_addresses_count_one_by_one_however_they_are_spelled() -> None:
