@@ -1,8 +1,9 @@
 """The HTTP phase of a connection: h11, the route table, static files, admission.
 
 Every connection starts here. h11 parses requests; ``/ws`` is the opening
-handshake, checked against RFC 6455 (rawchat.http) and then against rawchat's
-limits; other paths are looked up in the route table the server injects
+handshake, checked against RFC 6455 and then against rawchat's limits
+(rawchat.admission), and answered at once or, under --handshake-rate, when
+its turn comes; other paths are looked up in the route table the server injects
 (``/healthz``, ``/metrics``), and the static files answer the rest. When a
 valid upgrade arrives, the 101 goes out through h11, and whatever bytes h11
 had already received past the request (a client may send its first frames
@@ -21,17 +22,16 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import h11
 
-from rawchat import http, limits, proxies
+from rawchat import http
+from rawchat.admission import Admission
 from rawchat.config import Config
 from rawchat.limits import Occupancy, PerAddress
 from rawchat.metrics import Counters
-from rawchat.slots import Slot
 
 log = logging.getLogger("rawchat.connection")
 
@@ -83,14 +83,11 @@ class HttpPhase:
         "config",
         "routes",
         "static",
-        "handshake_limiter",
         "counters",
         "h11",
         "_request",
+        "admission",
         "slot",
-        "proxies",
-        "peer_address",
-        "trusted",
     )
 
     def __init__(
@@ -107,20 +104,15 @@ class HttpPhase:
         self.config = config
         self.routes = routes
         self.static = static
-        self.handshake_limiter = handshake_limiter
         self.counters = counters
         self.h11: h11.Connection | None = h11.Connection(
             h11.SERVER,
             max_incomplete_event_size=max(config.max_request_head - HEAD_SLICE, 1),
         )
         self._request: h11.Request | None = None
-        self.proxies = proxies.networks(config.trust_proxy)
-        #: The TCP peer's address (host.address becomes the client's behind a proxy).
-        self.peer_address = host.address
-        #: The peer is one of the proxies named by --trust-proxy: its forwarding headers count.
-        self.trusted = proxies.trusted(proxies.parse_address(host.address), self.proxies)
-        #: This connection's slot of the connection caps.
-        self.slot = Slot(occupancy, counters, host.address, behind_proxy=self.trusted)
+        #: Who may upgrade, and the connection's slot of the caps (released at its end).
+        self.admission = Admission(config, occupancy, handshake_limiter, counters, host.address)
+        self.slot = self.admission.slot
         host.set_timer(config.handshake_timeout, self.timed_out)
 
     def receive(self, data: bytes) -> bytes:
@@ -183,7 +175,8 @@ class HttpPhase:
         head_only = request.method == b"HEAD"
         path = http.path_of(request.target)
         if path == http.WEBSOCKET_PATH:
-            decision, wait = self._admit(request)
+            decision, wait = self.admission.decide(request)
+            self.host.address = self.admission.address
             if isinstance(decision, http.Upgrade):
                 if wait > 0:
                     self._pace(decision, wait)
@@ -195,54 +188,6 @@ class HttpPhase:
             self._reply(self.routes[path](), head_only=head_only)
         else:
             self._reply(self.static.reply(request.target), head_only=head_only)
-
-    def _admit(self, request: h11.Request) -> tuple[http.Upgrade | http.Reply, float]:
-        """Check an opening handshake against the RFC, then against our limits.
-
-        An upgrade comes with the seconds it waits for its turn (--handshake-rate).
-        """
-        config = self.config
-        decision = http.check_upgrade(request)
-        reason = None
-        wait = 0.0
-        if isinstance(decision, http.Reply):
-            reason = {405: "method", 426: "version"}.get(decision.status, "bad_request")
-        else:
-            origin = http.single_header(request, b"origin")
-            host = http.single_header(request, b"host")
-            scheme = "https" if config.certfile is not None else "http"
-            if self.trusted:
-                # The proxy knows what the browser used: https, and the host it
-                # asked for. The origin check compares the Origin with those.
-                said = proxies.forwarded(request.headers, self.proxies)
-                self.host.address = said.address or self.peer_address
-                scheme = said.scheme or scheme
-                if said.host is not None:
-                    host = said.host.encode("latin-1")
-            if not limits.origin_allowed(
-                None if origin is None else origin.decode("latin-1"),
-                None if host is None else host.decode("latin-1"),
-                config.allow_origins,
-                tls=scheme == "https",
-            ):
-                reason, decision = "origin", http.error_reply(403)
-            elif self.slot.counted != self.host.address and (
-                status := self.slot.move(self.host.address)  # behind a proxy: the client's
-            ):
-                reason = "full" if status == 503 else "per_ip"
-                decision = http.error_reply(status, (b"retry-after", b"5"))
-            else:
-                # Past its burst, an address waits for its turn rather than being
-                # refused, up to --handshake-timeout; only past that is it turned away.
-                most = config.handshake_timeout
-                wait = self.handshake_limiter.reserve(self.host.address, most)
-                if wait > most:
-                    retry = str(max(1, math.ceil(wait - most))).encode()
-                    reason, decision = "rate", http.error_reply(429, (b"retry-after", retry))
-        if reason is not None:
-            self.counters.handshake_failures[reason] += 1
-            log.debug("%s: refused upgrade (%s)", self.host.peer, reason)
-        return decision, wait
 
     def _pace(self, decision: http.Upgrade, wait: float) -> None:
         """Answer this upgrade in ``wait`` seconds, reading nothing more from it until then.
