@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from rawchat.cli import config_from_args
 from rawchat.config import Config
 from rawchat.proxies import Forwarded, client_address, forwarded, networks
 
@@ -142,3 +143,16 @@ def test_the_scheme_and_host_a_proxy_reports(
 def test_trust_proxy_takes_only_addresses_and_networks(bad: str) -> None:
     with pytest.raises(ValueError, match="not an IP address or network"):
         Config(trust_proxy=(bad,))
+
+
+def test_the_command_line_names_proxies_by_commas_or_by_repeating_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["--trust-proxy", "127.0.0.1, 10.0.0.0/8", "--trust-proxy", "2001:db8::/48"]
+    assert config_from_args(args).trust_proxy == ("127.0.0.1", "10.0.0.0/8", "2001:db8::/48")
+    assert config_from_args([]).trust_proxy == ()
+    with pytest.raises(SystemExit):
+        config_from_args(["--trust-proxy", "127.0.0.1,proxy.example"])
+    assert "'proxy.example' is not an IP address or network" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        config_from_args(["--trust-proxy"])  # it names proxies; it is not a switch
