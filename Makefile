@@ -44,12 +44,15 @@ $(VENV)/.installed-dev: $(LOCK_DEV) pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/rawchat --uvloop --host $(HOST) --port $(PORT)
 
-# System packages the tests drive: Debian's Chromium for the browser tests and
-# redis-server for the broker tests. Installed with apt-get only when missing.
-SYSTEM_PACKAGES := chromium:chromium redis-server:redis-server
+# System packages the tests drive: Debian's Chromium for the browser tests,
+# redis-server for the broker tests and nginx for the reverse-proxy test, as
+# command:package pairs. Installed with apt-get only when missing (nginx lives
+# in /usr/sbin, which a user's PATH may lack).
+SYSTEM_PACKAGES := chromium:chromium redis-server:redis-server nginx:nginx
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
-		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v $${pair%%:*} >/dev/null 2>&1 \
+			|| missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

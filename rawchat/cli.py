@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from rawchat import __version__
-from rawchat.config import Config, KiB, MiB
+from rawchat.config import Config, KiB, MiB, raise_open_files_limit
+from rawchat.proxies import networks
 
 
 def _size(text: str) -> int:
@@ -26,6 +28,16 @@ def _size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1 byte")
     return value
+
+
+def _addresses(text: str) -> list[str]:
+    """Addresses or networks separated by commas, each checked."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        networks(tuple(items))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--trust-proxy: ")) from None
+    return items
 
 
 def parser() -> argparse.ArgumentParser:
@@ -164,8 +176,13 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--trust-proxy",
-        action="store_true",
-        help="take the client address from X-Forwarded-For/Forwarded (behind a reverse proxy)",
+        type=_addresses,
+        action="extend",
+        default=[],
+        metavar="ADDRESSES",
+        help="the reverse proxies in front of rawchat, addresses or networks separated by"
+        " commas (127.0.0.1,10.0.0.0/8): from them X-Forwarded-For/-Proto/-Host and"
+        " Forwarded count, from any other peer they are ignored",
     )
     g.add_argument(
         "--rate",
@@ -194,7 +211,8 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=d.handshake_rate,
         metavar="PER_SECOND",
-        help="WebSocket handshakes per second from one address; more get 429"
+        help="WebSocket handshakes per second from one address past its burst: more"
+        " wait for their turn, up to --handshake-timeout, then get 429"
         " (a NAT or proxy is one address: use behind --trust-proxy)",
     )
     g.add_argument(
@@ -258,7 +276,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             allow_origins=tuple(args.allow_origin),
             max_connections=args.max_connections,
             max_connections_per_ip=args.max_connections_per_ip,
-            trust_proxy=args.trust_proxy,
+            trust_proxy=tuple(args.trust_proxy),
             rate=args.rate,
             burst=args.burst,
             flood_timeout=args.flood_timeout,
@@ -333,10 +351,15 @@ def token_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _count(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == ["token"]:
         return token_main(arguments[1:])
+    before, soft, hard = raise_open_files_limit()
     config = config_from_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     if config.log_format == "json":
@@ -351,7 +374,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return supervise(config, sys.argv[1:] if argv is None else argv)
         from rawchat.server import run
 
-        run(config)
+        def started(_: object) -> None:
+            # After the listening line, which stays the first one a server logs.
+            logging.getLogger("rawchat").info(
+                "open files: soft limit %s (%s), hard limit %s",
+                _count(soft),
+                "raised from " + _count(before) if soft != before else "unchanged",
+                _count(hard),
+            )
+
+        run(config, started)
     except OSError as exc:
         logging.getLogger("rawchat").error(
             "cannot listen on %s:%d: %s", config.host, config.port, exc

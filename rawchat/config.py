@@ -6,6 +6,8 @@ import dataclasses
 import resource
 from pathlib import Path
 
+from rawchat.proxies import networks
+
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -27,6 +29,32 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return 0
     return max(soft - FD_RESERVE, 1)
+
+
+def raise_open_files_limit() -> tuple[int, int, int]:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one: (soft before, soft now, hard).
+
+    Every client is a file descriptor, and distributions start processes with a
+    soft limit of 1024 under a hard one of many thousands: left alone, rawchat
+    would turn clients away (EMFILE, or a 503 at the default --max-connections)
+    that the host allows it to serve. Done before the configuration is built,
+    whose default --max-connections follows the soft limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        # Linux refuses a soft limit above fs.nr_open, even under an infinite hard one.
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            return soft, soft, hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        return soft, soft, hard
+    return soft, target, hard
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,8 +106,9 @@ class Config:
     #: WebSocket connections open at once from one client address (429 beyond).
     #: Off by default: a NAT, a proxy or a load generator is one address.
     max_connections_per_ip: int = 0
-    #: Count X-Forwarded-For / Forwarded as the client address (behind a proxy).
-    trust_proxy: bool = False
+    #: The reverse proxies (addresses or networks) whose X-Forwarded-For/-Proto/-Host
+    #: and Forwarded headers count; from any other peer they are ignored.
+    trust_proxy: tuple[str, ...] = ()
     #: Messages per second one connection may send, and the burst it may save up:
     #: past it the connection is slowed (shaped), never has messages dropped.
     rate: float = 0.0
@@ -135,6 +164,7 @@ class Config:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative (0 means no limit)")
+        networks(self.trust_proxy)  # ValueError naming the entry that is not a network
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
         if self.workers < 1:

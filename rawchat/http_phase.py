@@ -1,8 +1,9 @@
 """The HTTP phase of a connection: h11, the route table, static files, admission.
 
 Every connection starts here. h11 parses requests; ``/ws`` is the opening
-handshake, checked against RFC 6455 (rawchat.http) and then against rawchat's
-limits; other paths are looked up in the route table the server injects
+handshake, checked against RFC 6455 and then against rawchat's limits
+(rawchat.admission), and answered at once or, under --handshake-rate, when
+its turn comes; other paths are looked up in the route table the server injects
 (``/healthz``, ``/metrics``), and the static files answer the rest. When a
 valid upgrade arrives, the 101 goes out through h11, and whatever bytes h11
 had already received past the request (a client may send its first frames
@@ -26,11 +27,11 @@ from typing import Any, Protocol
 
 import h11
 
-from rawchat import http, limits
+from rawchat import http
+from rawchat.admission import Admission
 from rawchat.config import Config
 from rawchat.limits import Occupancy, PerAddress
 from rawchat.metrics import Counters
-from rawchat.slots import Slot
 
 log = logging.getLogger("rawchat.connection")
 
@@ -82,10 +83,10 @@ class HttpPhase:
         "config",
         "routes",
         "static",
-        "handshake_limiter",
         "counters",
         "h11",
         "_request",
+        "admission",
         "slot",
     )
 
@@ -103,15 +104,15 @@ class HttpPhase:
         self.config = config
         self.routes = routes
         self.static = static
-        self.handshake_limiter = handshake_limiter
         self.counters = counters
         self.h11: h11.Connection | None = h11.Connection(
             h11.SERVER,
             max_incomplete_event_size=max(config.max_request_head - HEAD_SLICE, 1),
         )
         self._request: h11.Request | None = None
-        #: This connection's slot of the connection caps.
-        self.slot = Slot(occupancy, counters, host.address, trust_proxy=config.trust_proxy)
+        #: Who may upgrade, and the connection's slot of the caps (released at its end).
+        self.admission = Admission(config, occupancy, handshake_limiter, counters, host.address)
+        self.slot = self.admission.slot
         host.set_timer(config.handshake_timeout, self.timed_out)
 
     def receive(self, data: bytes) -> bytes:
@@ -174,9 +175,13 @@ class HttpPhase:
         head_only = request.method == b"HEAD"
         path = http.path_of(request.target)
         if path == http.WEBSOCKET_PATH:
-            decision = self._admit(request)
+            decision, wait = self.admission.decide(request)
+            self.host.address = self.admission.address
             if isinstance(decision, http.Upgrade):
-                self._upgrade(decision)
+                if wait > 0:
+                    self._pace(decision, wait)
+                else:
+                    self._upgrade(decision)
             else:
                 self._reply(decision, head_only=head_only)
         elif path in self.routes:
@@ -184,38 +189,29 @@ class HttpPhase:
         else:
             self._reply(self.static.reply(request.target), head_only=head_only)
 
-    def _admit(self, request: h11.Request) -> http.Upgrade | http.Reply:
-        """Check an opening handshake against the RFC, then against our limits."""
-        config = self.config
-        decision = http.check_upgrade(request)
-        reason = None
-        if isinstance(decision, http.Reply):
-            reason = {405: "method", 426: "version"}.get(decision.status, "bad_request")
-        else:
-            self.host.address = limits.client_address(
-                self.host.address, request.headers, config.trust_proxy
-            )
-            origin = http.single_header(request, b"origin")
-            host = http.single_header(request, b"host")
-            if not limits.origin_allowed(
-                None if origin is None else origin.decode("latin-1"),
-                None if host is None else host.decode("latin-1"),
-                config.allow_origins,
-                tls=config.certfile is not None,
-            ):
-                reason, decision = "origin", http.error_reply(403)
-            elif not self.handshake_limiter.allow(self.host.address):
-                reason, decision = "rate", http.error_reply(429, (b"retry-after", b"1"))
-            elif self.slot.counted != self.host.address:
-                # Behind a trusted proxy: its slot moves to the forwarded address.
-                status = self.slot.move(self.host.address)
-                if status is not None:
-                    reason = "full" if status == 503 else "per_ip"
-                    decision = http.error_reply(status, (b"retry-after", b"5"))
-        if reason is not None:
-            self.counters.handshake_failures[reason] += 1
-            log.debug("%s: refused upgrade (%s)", self.host.peer, reason)
-        return decision
+    def _pace(self, decision: http.Upgrade, wait: float) -> None:
+        """Answer this upgrade in ``wait`` seconds, reading nothing more from it until then.
+
+        What the client sends meanwhile (its first frames) stays in TCP, and
+        its connection holds its slot of the caps: an address churning
+        handshakes is held to its rate at the cost of its own waiting sockets.
+        """
+        transport = self.host.transport
+        assert transport is not None
+        transport.pause_reading()
+        self.counters.handshakes_paced += 1
+        log.debug("%s: upgrade waits %.3f s for its turn", self.host.peer, wait)
+        self.host.set_timer(wait, lambda: self._paced(decision))
+
+    def _paced(self, decision: http.Upgrade) -> None:
+        transport = self.host.transport
+        if self.host.phase is not Phase.HTTP or self.h11 is None or transport is None:
+            return
+        if transport.is_closing():
+            return
+        # Before the upgrade: the frames it handles may pause reading again (flow control).
+        transport.resume_reading()
+        self._upgrade(decision)
 
     def _reply(self, reply: http.Reply, *, head_only: bool = False, close: bool = False) -> None:
         conn = self.h11

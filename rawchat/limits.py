@@ -6,9 +6,32 @@ acts on the answer. A limit of 0 means no limit.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
+
+from rawchat.proxies import parse_address
+
+
+@functools.lru_cache(maxsize=4096)
+def _group_v6(address: str) -> str:
+    parsed = parse_address(address)
+    if parsed is None:
+        return address
+    if parsed.version == 4:  # IPv4-mapped, from a dual-stack socket
+        return str(parsed)
+    return str(ipaddress.IPv6Network((int(parsed) >> 64 << 64, 64)))
+
+
+def group(address: str) -> str:
+    """What per-address limits count ``address`` under: IPv6 clients by their /64.
+
+    One host, one subscriber's line, usually has a whole /64 to pick addresses
+    from: counted one by one, it could open as many connections as it likes.
+    IPv4 addresses count one by one.
+    """
+    return _group_v6(address) if ":" in address else address
 
 
 class TokenBucket:
@@ -45,13 +68,29 @@ class TokenBucket:
     def full(self, now: float) -> bool:
         return self.tokens + (now - self.stamp) * self.rate >= self.burst
 
+    def reserve(self, now: float, most: float) -> float:
+        """Seconds until the next token is there; taken if that is at most ``most``.
+
+        Tokens not there yet are handed out in order: the k-th caller past the
+        burst waits k / rate seconds. A wait over ``most`` takes nothing (the
+        caller refuses), so the debt never passes ``most`` seconds' worth.
+        """
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        wait = max(0.0, (1.0 - tokens) / self.rate)
+        self.tokens = tokens - 1.0 if wait <= most else tokens
+        return wait
+
 
 class PerAddress:
-    """A token bucket per client address, for opening handshakes.
+    """A token bucket per client address, pacing opening handshakes.
 
-    Buckets that have filled up again carry no information and are dropped
-    when the table grows, so a scan across many addresses cannot grow it
-    without bound.
+    An address past its burst is given turns at its rate: each handshake is
+    told how long to wait (see ``reserve``), so a churning address slows
+    itself down and costs what its rate allows, while other addresses are not
+    held at all. Buckets that have filled up again carry no information and
+    are dropped when the table grows, so a scan across many addresses cannot
+    grow it without bound.
     """
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float], size: int = 4096):
@@ -61,16 +100,22 @@ class PerAddress:
         self.size = size
         self._buckets: dict[str, TokenBucket] = {}
 
-    def allow(self, address: str) -> bool:
+    def reserve(self, address: str, most: float) -> float:
+        """Seconds this handshake waits for its turn (0: none); over ``most``: refused.
+
+        A refused handshake takes no turn, so the queue of one address never
+        holds more than ``most`` seconds of its rate.
+        """
         if self.rate <= 0:
-            return True
+            return 0.0
+        address = group(address)
         now = self.clock()
         bucket = self._buckets.get(address)
         if bucket is None:
             if len(self._buckets) >= self.size:
                 self._sweep(now)
             bucket = self._buckets[address] = TokenBucket(self.rate, self.burst, now)
-        return bucket.take(now)
+        return bucket.reserve(now, most)
 
     def _sweep(self, now: float) -> None:
         for address in [a for a, b in self._buckets.items() if b.full(now)]:
@@ -80,7 +125,7 @@ class PerAddress:
 
 
 class Occupancy:
-    """WebSocket connections open, in all and per client address."""
+    """Connections open, in all and per client address (IPv6: per /64, see ``group``)."""
 
     def __init__(self, total: int, per_address: int) -> None:
         self.total_limit = total
@@ -92,15 +137,20 @@ class Occupancy:
         """The status refusing one more connection from ``address``, or None to admit it."""
         if self.total_limit and self.total >= self.total_limit:
             return 503
-        if self.per_address_limit and self.by_address.get(address, 0) >= self.per_address_limit:
+        if (
+            self.per_address_limit
+            and self.by_address.get(group(address), 0) >= self.per_address_limit
+        ):
             return 429
         return None
 
     def enter(self, address: str) -> None:
+        address = group(address)
         self.total += 1
         self.by_address[address] = self.by_address.get(address, 0) + 1
 
     def leave(self, address: str) -> None:
+        address = group(address)
         self.total -= 1
         left = self.by_address[address] - 1
         if left:
@@ -125,9 +175,11 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str],
     """Whether a browser's ``Origin`` may open a WebSocket here.
 
     No Origin header means no browser (or one that does not need protecting), so
-    it is allowed. Otherwise the origin must be the page's own (same host and
-    port as the request's ``Host``, defaults filled in) or listed exactly in
-    ``allowed``, where ``*`` lets every origin in. This is what stops another
+    it is allowed. Otherwise the origin must be the page's own (the scheme the
+    page was served with, the host and port of the request's ``Host``, defaults
+    filled in) or listed exactly in ``allowed``, where ``*`` lets every origin
+    in. Behind a trusted proxy, ``tls`` and ``host`` are what the proxy reports
+    (rawchat.proxies). This is what stops another
     site's page from opening a WebSocket with the visitor's cookies
     (cross-site WebSocket hijacking).
     """
@@ -138,46 +190,10 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str],
         return True
     if host is None or origin == "null":
         return False
+    own_scheme = "https" if tls else "http"
     scheme, sep, netloc = origin.partition("://")
-    if not sep or scheme not in ("http", "https"):
+    if not sep or scheme != own_scheme:  # an origin is scheme, host and port
         return False
-    own = _host_port(host, "https" if tls else "http")
+    own = _host_port(host, own_scheme)
     theirs = _host_port(netloc, scheme)
     return own is not None and theirs is not None and own == theirs
-
-
-def client_address(peer: str, headers: Iterable[tuple[bytes, bytes]], trust_proxy: bool) -> str:
-    """The address limits are counted against.
-
-    Without ``trust_proxy`` it is the TCP peer: forwarding headers are anyone's
-    to write. Behind a proxy it is the address the proxy saw: the last entry it
-    appended to ``X-Forwarded-For`` or, for a proxy that sets only that,
-    ``Forwarded: for=``.
-    """
-    if not trust_proxy:
-        return peer
-    # X-Forwarded-For is what nginx, Caddy and HAProxy set. When it is there,
-    # a Forwarded header can only be the client's own invention, passed along
-    # by a proxy that does not know it: it is believed only on its own.
-    forwarded_for = [value for name, value in headers if name == b"x-forwarded-for"]
-    found: str | None = None
-    if forwarded_for:
-        found = forwarded_for[-1].decode("latin-1").split(",")[-1].strip() or None
-    else:
-        for name, value in headers:
-            if name != b"forwarded":
-                continue
-            for element in value.decode("latin-1").split(","):
-                for pair in element.split(";"):
-                    key, _, val = pair.strip().partition("=")
-                    if key.lower() == "for" and val:
-                        found = val.strip('"')
-    if found is None:
-        return peer
-    found = found.removeprefix("[").split("]")[0] if found.startswith("[") else found
-    if found.count(":") == 1:  # host:port
-        found = found.split(":")[0]
-    try:
-        return str(ipaddress.ip_address(found))
-    except ValueError:
-        return peer

@@ -37,6 +37,7 @@ class Counters:
         "started",
         "messages_in",
         "handshakes",
+        "handshakes_paced",
         "handshake_failures",
         "close_codes",
         "rate_limited",
@@ -46,6 +47,8 @@ class Counters:
         self.started = time.time()
         self.messages_in = 0
         self.handshakes = 0
+        #: Upgrades that waited for their turn under --handshake-rate.
+        self.handshakes_paced = 0
         #: Refused upgrades, by reason: bad_request, version, method, origin, rate, full, per_ip.
         self.handshake_failures: Counter[str] = Counter()
         #: WebSocket close codes, whichever side sent them (1006: none was exchanged).
@@ -112,6 +115,11 @@ class RawchatCollector(Collector):
         yield family
         yield _gauge("rawchat_rooms", "Rooms with members or kept history.", s.rooms())
         yield _counter("rawchat_handshakes", "WebSocket upgrades accepted.", c.handshakes)
+        yield _counter(
+            "rawchat_handshakes_paced",
+            "WebSocket upgrades that waited for their turn (--handshake-rate).",
+            c.handshakes_paced,
+        )
         yield _by(
             "rawchat_handshake_failures",
             "WebSocket upgrades refused, by reason.",

@@ -168,10 +168,10 @@ async def serve(config: Config, ready: Callable[[Server], None] | None = None) -
         await server.shutdown()
 
 
-def run(config: Config) -> None:
+def run(config: Config, ready: Callable[[Server], None] | None = None) -> None:
     if config.use_uvloop:
         import uvloop
 
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, ready))
     else:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, ready))

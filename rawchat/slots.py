@@ -18,14 +18,16 @@ class Slot:
     __slots__ = ("occupancy", "counted", "refusal")
 
     def __init__(
-        self, occupancy: Occupancy, counters: Counters, address: str, *, trust_proxy: bool
+        self, occupancy: Occupancy, counters: Counters, address: str, *, behind_proxy: bool
     ) -> None:
         self.occupancy = occupancy
         #: The address this connection is counted under, if any.
         self.counted: str | None = None
         #: The answer to any request on a connection past the caps (503 or 429).
         self.refusal: http.Reply | None = None
-        status = occupancy.refusal("" if trust_proxy else address)
+        # A proxy's connections are its clients': only the total applies until the
+        # upgrade names the client (see ``move``).
+        status = occupancy.refusal("" if behind_proxy else address)
         if status is None:
             occupancy.enter(address)
             self.counted = address

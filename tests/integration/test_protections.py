@@ -267,7 +267,7 @@ def test_one_address_gets_429_past_its_share_and_cannot_dodge_it_with_forwarding
 
 def test_behind_a_trusted_proxy_each_forwarded_address_has_its_own_share() -> None:
     async def main() -> None:
-        async with serving(max_connections_per_ip=1, trust_proxy=True) as server:
+        async with serving(max_connections_per_ip=1, trust_proxy=("127.0.0.1",)) as server:
             state = server.state
             assert state is not None
             url = ws_url(server)
@@ -429,24 +429,41 @@ def test_a_slow_reader_in_a_small_room_is_evicted_and_holds_no_one() -> None:
     run(main)
 
 
-def test_a_handshake_storm_from_one_address_gets_429_and_others_still_connect() -> None:
+def test_a_handshake_storm_from_one_address_is_paced_and_others_go_straight_in() -> None:
     async def main() -> None:
-        async with serving(trust_proxy=True, handshake_rate=1, handshake_burst=2) as server:
+        # 10 turns a second after a burst of 2, waited for at most 1 s: a queue of 10.
+        limits = {"handshake_rate": 10, "handshake_burst": 2, "handshake_timeout": 1.0}
+        async with serving(trust_proxy=("127.0.0.1",), **limits) as server:
+            state = server.state
+            assert state is not None
             url = ws_url(server)
             honest_address = {"X-Forwarded-For": "198.51.100.7"}
             stormer = {"X-Forwarded-For": "203.0.113.9"}
             honest = await websockets.connect(url, additional_headers=honest_address)
             let_in = [await websockets.connect(url, additional_headers=stormer) for _ in range(2)]
-            for _ in range(3):
-                status, fields = await refused(websockets.connect(url, additional_headers=stormer))
-                assert status == 429
-                assert fields["retry-after"].isdigit()
-            assert server.state is not None
-            assert server.state.metrics.handshake_failures["rate"] == 3
-            await says(honest, "connected before the storm")
+
+            async def storm() -> websockets.ClientConnection | int:
+                try:
+                    return await websockets.connect(url, additional_headers=stormer)
+                except InvalidStatus as refused:
+                    assert refused.response.headers["retry-after"].isdigit()
+                    return refused.response.status_code
+
+            storming = [asyncio.ensure_future(storm()) for _ in range(16)]
+            await until(lambda: state.metrics.handshakes_paced > 0)
             newcomer = await websockets.connect(url, additional_headers=honest_address)
-            await says(newcomer, "connected after it")
-            for ws in (honest, newcomer, *let_in):
+            assert not all(task.done() for task in storming), "the newcomer did not queue"
+            await says(newcomer, "connected during the storm")
+            await says(honest, "connected before it")
+            outcomes = await asyncio.wait_for(asyncio.gather(*storming), BOUND)
+            opened = [ws for ws in outcomes if not isinstance(ws, int)]
+            refusals = [status for status in outcomes if isinstance(status, int)]
+            assert set(refusals) <= {429}
+            # The queue holds 10, and a turn may come while the 16 arrive: on a busy
+            # machine more than one, so the bound on what got in is loose.
+            assert len(opened) >= 10 and refusals, (len(opened), refusals)
+            assert state.metrics.handshake_failures["rate"] == len(refusals)
+            for ws in (honest, newcomer, *let_in, *opened):
                 await ws.close()
 
     run(main)
