@@ -325,9 +325,10 @@ class Connection(asyncio.BufferedProtocol):
                         break
                     websocket.receive_data(bytes(view[start : start + step]))
                     self._handle_events()
-        websocket.answer_pings()
-        if websocket.actions is not None:
-            self._carry_out()
+        if websocket.pong_due is not None:
+            websocket.answer_pings()
+            if websocket.actions is not None:
+                self._carry_out()
 
     def _handle_events(self) -> None:
         websocket = self.websocket

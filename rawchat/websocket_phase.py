@@ -142,7 +142,7 @@ class WebSocketPhase:
         "ping_deadline",
         "awaiting_hello",
         "actions",
-        "_pong",
+        "pong_due",
     )
 
     def __init__(
@@ -176,7 +176,7 @@ class WebSocketPhase:
         #: What the adapter is to carry out, in order; None when nothing (most reads).
         self.actions: list[Action] | None = None
         #: The payload of the latest ping not answered yet: one pong per read answers all.
-        self._pong: bytes | None = None
+        self.pong_due: bytes | None = None
         if hello_timeout is not None:
             self._do(SetTimer(hello_timeout))
 
@@ -220,11 +220,11 @@ class WebSocketPhase:
                 if self.closing is Closing.OPEN:
                     self._message(event)
             case Ping(payload=payload):
-                self._pong = payload
+                self.pong_due = payload
             case Pong():
                 self.ping_deadline = 0.0
                 parser = self.parser
-                if self._pong is None and parser is not None and wsparser.at_rest(parser):
+                if self.pong_due is None and parser is not None and wsparser.at_rest(parser):
                     # An idle client's only traffic: drop the parser until the
                     # next bytes (nothing else is left in this read).
                     self.drop_parser()
@@ -233,8 +233,11 @@ class WebSocketPhase:
                 self._close_received(event)
 
     def answer_pings(self) -> None:
-        """Answer the pings of one read with one pong, for the latest (RFC 6455, 5.5.3)."""
-        payload, self._pong = self._pong, None
+        """Answer the pings of one read with one pong, for the latest (RFC 6455, 5.5.3).
+
+        The adapter calls it at the end of a read when ``pong_due`` is set.
+        """
+        payload, self.pong_due = self.pong_due, None
         parser = self.parser
         if payload is None or parser is None or self.closing is not Closing.OPEN:
             return
