@@ -609,10 +609,10 @@ def test_an_incomplete_request_head_gets_408_and_a_silent_connection_is_closed()
 def test_a_request_head_trickled_byte_by_byte_still_gets_408_in_time() -> None:
     """Slowloris: the head as a whole must arrive within handshake_timeout.
 
-    Fails today: every read that arrives while h11 is still IDLE (and a head
-    stays IDLE until it is complete) restarts the handshake timer in
-    Connection._received, so a client sending one byte per interval shorter
-    than the timeout holds the connection open for as long as it likes.
+    A read that arrives while h11 is still IDLE (a head stays IDLE until it is
+    complete) must not restart the handshake timer, or a client sending one
+    byte per interval shorter than the timeout would hold the connection open
+    for as long as it likes.
     """
     timeout = 0.3
 
