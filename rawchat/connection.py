@@ -83,7 +83,7 @@ class Shared:
         #: Where every connection's reads land (see Connection.get_buffer).
         self.read_buffer = memoryview(bytearray(READ_SIZE))
 
-    def websocket_phase(self, address: str, *, v1: bool) -> WebSocketPhase:
+    def websocket_phase(self, *, v1: bool) -> WebSocketPhase:
         """The WebSocket phase of a client just upgraded (its session comes next)."""
         config = self.config
         inbound = Inbound(
@@ -98,8 +98,6 @@ class Shared:
         return WebSocketPhase(
             inbound,
             None,
-            address=address,
-            max_message=config.max_message,
             close_timeout=config.close_timeout,
             hello_timeout=config.handshake_timeout if v1 else None,
         )
@@ -228,7 +226,14 @@ class Connection(asyncio.BufferedProtocol):
         websocket = self.websocket
         if websocket is not None:
             self._leave()
-            state.metrics.close_codes[websocket.connection_lost()] += 1
+            code = websocket.connection_lost()
+            state.metrics.close_codes[code] += 1
+            log.info(
+                "%s: websocket closed, code %d",
+                self.address,
+                code,
+                extra={"event": "close", "client": self.address, "code": code},
+            )
         if self.outbox is not None:
             # Nothing may point back at a connection once it is gone, so that
             # it is freed when the last reference goes rather than by the
@@ -273,7 +278,7 @@ class Connection(asyncio.BufferedProtocol):
         state.websockets.add(self)
         state.metrics.handshakes += 1
         v1 = decision.subprotocol is not None
-        self.websocket = state.websocket_phase(self.address, v1=v1)
+        self.websocket = state.websocket_phase(v1=v1)
         connect = state.chat.connect_v1 if v1 else state.chat.connect_plain
         self.websocket.session = connect(self.outbox, self)
         self._carry_out()
@@ -311,7 +316,7 @@ class Connection(asyncio.BufferedProtocol):
             # wsproto keeps what it is given until events() consumes it. Feeding
             # it at most one message's worth at a time keeps its buffer within
             # --max-message plus a frame header, however much one read brought.
-            step = websocket.max_message + 14
+            step = websocket.inbound.max_message + 14
             if len(data) <= step:
                 websocket.receive_data(data)
                 self._handle_events()

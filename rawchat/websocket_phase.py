@@ -131,10 +131,8 @@ class WebSocketPhase:
     """One client's WebSocket after the upgrade, as a state machine with no I/O."""
 
     __slots__ = (
-        "address",
         "inbound",
         "session",
-        "max_message",
         "close_timeout",
         "parser",
         "closing",
@@ -150,17 +148,12 @@ class WebSocketPhase:
         inbound: Inbound,
         session: Session | None,
         *,
-        address: str,
-        max_message: int,
         close_timeout: float,
         hello_timeout: float | None = None,
     ) -> None:
-        #: The client's address, for logs.
-        self.address = address
         self.inbound = inbound
         #: The chat's side of this client; None once it left the chat.
         self.session = session
-        self.max_message = max_message
         self.close_timeout = close_timeout
         #: wsproto's parser, made on the first bytes and dropped again at rest
         #: (see receive_data): an idle client sends nothing but a pong now and
@@ -199,7 +192,7 @@ class WebSocketPhase:
             return  # discarded, or a catch-up with nothing parsed
         parser = self.parser
         if parser is None:
-            parser = self.parser = wsparser.new_parser(self.max_message)
+            parser = self.parser = wsparser.new_parser(self.inbound.max_message)
         if parser.state is not ConnectionState.CLOSED:
             parser.receive_data(data)
 
@@ -257,9 +250,9 @@ class WebSocketPhase:
         elif verdict is Verdict.FLOODING:
             log.warning(
                 "%s: flooding past --rate for %.0f s, closing (4002)",
-                self.address,
+                self.address_for_logs,
                 self.inbound.shaped_for(),
-                extra={"event": "flood", "client": self.address, "code": 4002},
+                extra={"event": "flood", "client": self.address_for_logs, "code": 4002},
             )
             self.close(CloseCode.RATE_LIMITED, "too many messages")
         elif verdict is Verdict.NOT_TEXT:
@@ -282,7 +275,7 @@ class WebSocketPhase:
             self._do(_CLOSE_TRANSPORT)
         else:
             # wsproto reports a malformed frame as a CloseConnection it made up.
-            log.debug("%s: protocol error %d: %s", self.address, event.code, event.reason)
+            log.debug("%s: protocol error %d: %s", self.address_for_logs, event.code, event.reason)
             reason = wsparser.TOO_BIG if event.code == CloseReason.MESSAGE_TOO_BIG else event.reason
             self.fail(event.code, reason or "")
 
@@ -303,7 +296,7 @@ class WebSocketPhase:
             return False
         parser = self.parser
         if parser is None:
-            parser = self.parser = wsparser.new_parser(self.max_message)
+            parser = self.parser = wsparser.new_parser(self.inbound.max_message)
         if parser.state is not ConnectionState.OPEN:
             return False
         self.closing = Closing.CLOSE_SENT
@@ -332,17 +325,16 @@ class WebSocketPhase:
             self._do(_ABORT)
 
     def connection_lost(self) -> int:
-        """The transport is gone: log the close and return its code (1006 if none came)."""
+        """The transport is gone: the close code it ended with (1006 if none came)."""
         self.closing = Closing.DONE
         self.drop_parser()
-        code = self.close_code or CloseReason.ABNORMAL_CLOSURE
-        log.info(
-            "%s: websocket closed, code %d",
-            self.address,
-            code,
-            extra={"event": "close", "client": self.address, "code": int(code)},
-        )
-        return code
+        return self.close_code or CloseReason.ABNORMAL_CLOSURE
+
+    @property
+    def address_for_logs(self) -> str:
+        """The client's address, for logs, while it is in the chat."""
+        session = self.session
+        return "-" if session is None else session.connection.address
 
     def drop_parser(self) -> None:
         parser, self.parser = self.parser, None

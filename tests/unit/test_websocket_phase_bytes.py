@@ -44,7 +44,7 @@ class Peer:
 def plain_phase(**config: object) -> tuple[WebSocketPhase, Outbox]:
     """A plain client's phase, in the lobby; what the chat relays to it lands in the outbox."""
     state, _ = make_state(**config)
-    phase = state.websocket_phase("127.0.0.1", v1=False)
+    phase = state.websocket_phase(v1=False)
     outbox = Outbox(FakeTransport(), lambda: None)
     phase.session = state.chat.connect_plain(outbox, Peer())
     return phase, outbox
@@ -196,7 +196,7 @@ def test_a_pong_at_rest_drops_the_parser_and_a_message_makes_it_again() -> None:
 
 def test_a_v1_client_without_a_hello_is_closed_4001_when_the_timer_fires() -> None:
     state, _ = make_state(handshake_timeout=5.0)
-    phase = state.websocket_phase("127.0.0.1", v1=True)
+    phase = state.websocket_phase(v1=True)
     phase.session = state.chat.connect_v1(Outbox(FakeTransport(), lambda: None), Peer())
     assert phase.take_actions() == [SetTimer(5.0)]
     phase.timer_fired()
@@ -205,7 +205,7 @@ def test_a_v1_client_without_a_hello_is_closed_4001_when_the_timer_fires() -> No
 
 def test_a_v1_hello_cancels_the_hello_timer_once() -> None:
     state, _ = make_state(handshake_timeout=5.0)
-    phase = state.websocket_phase("127.0.0.1", v1=True)
+    phase = state.websocket_phase(v1=True)
     session: Session = state.chat.connect_v1(Outbox(FakeTransport(), lambda: None), Peer())
     phase.session = session
     phase.take_actions()
