@@ -1,66 +1,51 @@
-"""One client connection: the asyncio protocol that runs its phases.
+"""One client connection: the asyncio protocol that carries out its phases.
 
 Every connection starts in its HTTP phase (rawchat.http_phase: h11, the routes
 the server injects, static files, admission). A valid upgrade hands h11's
-leftover bytes to wsproto (rawchat.wsparser), and from then on this protocol
-feeds frames in, hands messages to rawchat.inbound, answers pings (one pong per
-read) and runs the closing handshake (:class:`Closing`). Outgoing chat frames
-come from the hub, already encoded.
+leftover bytes to the WebSocket phase (rawchat.websocket_phase), which has no
+I/O of its own: this protocol feeds it what the socket brings and carries out
+the actions it answers with (writes, timers, closing the transport). Outgoing
+chat frames come from the hub, already encoded.
 
 ``close`` is the one way to end a WebSocket: the chat session, the hub (an
-eviction), flow control (through the hub) and the keepalive all ask it.
+eviction, flow control's too-slow through it), the keepalive and the server's
+shutdown all ask it, and the phase decides whether a close frame is still due.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from wsproto.connection import Connection as WebSocket
-from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
-from wsproto.utilities import LocalProtocolError
 
-from rawchat import http, sockets, wsparser
+from rawchat import http, sockets
 from rawchat.chat import Chat
 from rawchat.config import Config
 from rawchat.flow import Backpressure
 from rawchat.http_phase import HttpPhase, Phase, Route
 from rawchat.hub import Hub, Outbox
-from rawchat.inbound import Inbound, Verdict
+from rawchat.inbound import Inbound
 from rawchat.limits import Occupancy, PerAddress
-from rawchat.messages import CloseCode
 from rawchat.metrics import Counters
-
-if TYPE_CHECKING:
-    from rawchat.rooms import Session
+from rawchat.websocket_phase import (
+    Abort,
+    CancelTimer,
+    CloseTransport,
+    Closing,
+    HalfClose,
+    Leave,
+    Send,
+    SetTimer,
+    Shape,
+    WebSocketPhase,
+)
 
 log = logging.getLogger("rawchat.connection")
-
-
-class Closing(enum.Enum):
-    """Where a WebSocket is in its closing handshake (RFC 6455, section 7).
-
-    When the client closes, its close frame is echoed and the server drops the
-    TCP connection first. When the server closes, it sends its close frame and
-    waits (at most ``close_timeout``) for the client's. After a protocol error
-    the server sends its close frame, half-closes its side and discards what
-    comes, so that the frame is not lost to a TCP reset.
-    """
-
-    #: Messages flow both ways.
-    OPEN = enum.auto()
-    #: Our close frame went out: incoming messages are ignored until the client's answer.
-    CLOSE_SENT = enum.auto()
-    #: The client broke the protocol: our close frame went out, our side is shut,
-    #: incoming bytes are discarded.
-    FAILED = enum.auto()
-
 
 #: Bytes taken off a socket per read (see Connection.get_buffer).
 READ_SIZE = 16 * 1024
@@ -98,6 +83,25 @@ class Shared:
         #: Where every connection's reads land (see Connection.get_buffer).
         self.read_buffer = memoryview(bytearray(READ_SIZE))
 
+    def websocket_phase(self, *, v1: bool) -> WebSocketPhase:
+        """The WebSocket phase of a client just upgraded (its session comes next)."""
+        config = self.config
+        inbound = Inbound(
+            self.chat,
+            self.metrics,
+            max_message=config.max_message,
+            rate=config.rate,
+            burst=config.burst,
+            flood_timeout=config.flood_timeout,
+            clock=self.loop.time,
+        )
+        return WebSocketPhase(
+            inbound,
+            None,
+            close_timeout=config.close_timeout,
+            hello_timeout=config.handshake_timeout if v1 else None,
+        )
+
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
         self.websockets.discard(conn)
@@ -110,22 +114,16 @@ class Connection(asyncio.BufferedProtocol):
         "state",
         "transport",
         "address",
-        "close_code",
-        "inbound",
         "phase",
         "http",
-        "_timer",
-        "ws",
+        "websocket",
         "outbox",
-        "session",
-        "closing",
-        "ping_deadline",
+        "_timer",
         "_held",
         "_turn",
         "_parked",
         "_backlog",
         "_fixed_window",
-        "_pong",
         "_eof",
     )
 
@@ -134,31 +132,15 @@ class Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         #: The client's address as limits count it (the proxy's word for it with --trust-proxy).
         self.address = "-"
-        #: The close code exchanged (sent or received first); None before any.
-        self.close_code: int | None = None
-        config = state.config
-        self.inbound = Inbound(
-            state.chat,
-            state.metrics,
-            max_message=config.max_message,
-            rate=config.rate,
-            burst=config.burst,
-            flood_timeout=config.flood_timeout,
-            clock=state.loop.time,
-        )
         self.phase = Phase.HTTP
         #: The HTTP side: requests, routes, admission, the connection's slot of the caps.
         self.http: HttpPhase | None = None
-        #: The one pending timeout of this connection: HTTP deadlines, then the close bound.
-        self._timer: asyncio.TimerHandle | None = None
-        #: wsproto's parser, made on the first bytes after the upgrade (see _parser).
-        self.ws: WebSocket | None = None
+        #: The WebSocket side, from the upgrade on.
+        self.websocket: WebSocketPhase | None = None
         self.outbox: Outbox | None = None
-        self.session: Session | None = None
-        #: We sent a close frame (or are about to): incoming messages are ignored.
-        self.closing = Closing.OPEN
-        #: When the outstanding ping must be answered by (loop time), 0 when none is.
-        self.ping_deadline = 0.0
+        #: The one pending timeout of this connection: HTTP deadlines, the
+        #: hello, then the bound on closing.
+        self._timer: asyncio.TimerHandle | None = None
         #: Flow control holds this publisher: bytes read are kept, not handled.
         self._held = False
         #: Flow control's turn: handle one message, then stop again.
@@ -168,8 +150,6 @@ class Connection(asyncio.BufferedProtocol):
         self._backlog: bytes | None = None
         #: Its kernel receive buffer no longer grows (it was held once).
         self._fixed_window = False
-        #: The payload of the latest ping not answered yet: one pong per read answers all.
-        self._pong: bytes | None = None
         #: The client half-closed while some of what it sent still waited for its turn.
         self._eof = False
 
@@ -216,22 +196,17 @@ class Connection(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self._received(data)
+            if self.phase is Phase.WEBSOCKET:
+                self._ws_received(data)
+            elif self.phase is Phase.HTTP and self.http is not None:
+                frames = self.http.receive(data)
+                if frames:
+                    self._ws_received(frames)
         except Exception:
             # A bug, not bad input: bad input has its own answers. Close only
             # this connection and say so once, with the traceback.
             log.exception("%s: unexpected error, closing the connection", self.peer)
             self._internal_error()
-
-    def _received(self, data: bytes) -> None:
-        if self.phase is Phase.WEBSOCKET:
-            self._ws_received(data)
-            self._send_pong()
-        elif self.phase is Phase.HTTP and self.http is not None:
-            frames = self.http.receive(data)
-            if frames:
-                self._ws_received(frames)
-                self._send_pong()
 
     def eof_received(self) -> bool | None:
         if self.phase is Phase.HTTP and self.http is not None:
@@ -247,39 +222,37 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = Phase.CLOSED
         self._cancel_timer()
-        if self.session is not None:
-            self.state.chat.disconnect(self.session)
-            self.session = None
         state = self.state
-        if self.outbox is not None:
-            state.flow.relieve(self.outbox)
-            code = self.close_code or CloseReason.ABNORMAL_CLOSURE
+        websocket = self.websocket
+        if websocket is not None:
+            self._leave()
+            code = websocket.connection_lost()
             state.metrics.close_codes[code] += 1
             log.info(
                 "%s: websocket closed, code %d",
                 self.address,
                 code,
-                extra={"event": "close", "client": self.address, "code": int(code)},
+                extra={"event": "close", "client": self.address, "code": code},
             )
+        if self.outbox is not None:
+            # Nothing may point back at a connection once it is gone, so that
+            # it is freed when the last reference goes rather than by the
+            # garbage collector: under churn, closed connections waited for a
+            # full collection by the thousand (several MiB of them).
+            self.outbox.on_evict = _nothing_to_evict
         if self.http is not None:
             self.http.slot.release()
             self.http = None  # it points back here
         state.flow.forget(self)
         self._backlog = None
         state.forget(self)
-        # Nothing may point back at a connection once it is gone, so that it is
-        # freed when the last reference goes rather than by the garbage
-        # collector: under churn, closed connections waited for a full
-        # collection by the thousand (several MiB of them).
-        if self.outbox is not None:
-            self.outbox.on_evict = _nothing_to_evict
-        self._drop_parser()
 
     def pause_writing(self) -> None:
         # WebSocket phase: the buffer passed the pressure mark. Flow control
-        # holds the senders until this client drains, or evicts it if it doesn't.
+        # evicts this client if it does not drain within --slow-timeout.
         if self.phase is Phase.WEBSOCKET:
-            if self.outbox is not None and self.closing is Closing.OPEN:
+            websocket = self.websocket
+            if self.outbox is not None and websocket and websocket.closing is Closing.OPEN:
                 self.state.flow.congest(self.outbox)
         elif self.phase is Phase.HTTP and self.transport is not None:
             self.transport.pause_reading()
@@ -298,17 +271,17 @@ class Connection(asyncio.BufferedProtocol):
         assert transport is not None
         self._cancel_timer()
         self.phase = Phase.WEBSOCKET
-        state = self.state
-        transport.set_write_buffer_limits(high=state.config.pressure_mark)
-        sockets.bound_send_buffer(transport, state.config.max_buffer)
+        state, config = self.state, self.state.config
+        transport.set_write_buffer_limits(high=config.pressure_mark)
+        sockets.bound_send_buffer(transport, config.max_buffer)
         self.outbox = Outbox(transport, self._evicted)
         state.websockets.add(self)
         state.metrics.handshakes += 1
-        if decision.subprotocol is None:
-            self.session = state.chat.connect_plain(self.outbox, self)
-        else:
-            self.session = state.chat.connect_v1(self.outbox, self)
-            self.set_timer(state.config.handshake_timeout, self._hello_timeout)
+        v1 = decision.subprotocol is not None
+        self.websocket = state.websocket_phase(v1=v1)
+        connect = state.chat.connect_v1 if v1 else state.chat.connect_plain
+        self.websocket.session = connect(self.outbox, self)
+        self._carry_out()
         mode = decision.subprotocol or "plain"
         log.info(
             "%s: websocket open (%s)",
@@ -318,11 +291,12 @@ class Connection(asyncio.BufferedProtocol):
         )
         if trailing:
             self._ws_received(trailing)
-            self._send_pong()
 
     # -- WebSocket phase --------------------------------------------------------------
 
     def _ws_received(self, data: bytes) -> None:
+        websocket = self.websocket
+        assert websocket is not None
         backlog = self._backlog
         if backlog is not None:
             data = backlog + data
@@ -332,108 +306,90 @@ class Connection(asyncio.BufferedProtocol):
             # gets nothing more before they are handled: else its buffer would
             # grow by a slice at every release.
             self._parked = False
-            self._ws_chunk(b"")
+            self._handle_events()
         if self._held:
             # Kept in order for the release. (While held, more can still arrive:
             # TLS hands over what it had decrypted.)
             if data:
                 self._backlog = data
-            return
-        # wsproto keeps what it is given until events() consumes it. Feeding it
-        # at most one message's worth at a time keeps its buffer within
-        # --max-message plus a frame header, however much one read brought.
-        step = self.state.config.max_message + 14
-        if len(data) <= step:
-            self._ws_chunk(data)
-            return
-        view = memoryview(data)
-        for start in range(0, len(data), step):
-            if self._failed() or self.phase is not Phase.WEBSOCKET:
-                return
-            if self._held:
-                self._backlog = bytes(view[start:])
-                return
-            self._ws_chunk(bytes(view[start : start + step]))
+        else:
+            # wsproto keeps what it is given until events() consumes it. Feeding
+            # it at most one message's worth at a time keeps its buffer within
+            # --max-message plus a frame header, however much one read brought.
+            step = websocket.inbound.max_message + 14
+            if len(data) <= step:
+                websocket.receive_data(data)
+                self._handle_events()
+            else:
+                view = memoryview(data)
+                for start in range(0, len(data), step):
+                    if websocket.closing is Closing.FAILED or self.phase is not Phase.WEBSOCKET:
+                        break
+                    if self._held:
+                        self._backlog = bytes(view[start:])
+                        break
+                    websocket.receive_data(bytes(view[start : start + step]))
+                    self._handle_events()
+        if websocket.pong_due is not None:
+            websocket.answer_pings()
+            if websocket.actions is not None:
+                self._carry_out()
 
-    def _parser(self) -> WebSocket:
-        """wsproto's side of the connection, made when first needed.
-
-        Made on the first bytes after the upgrade and dropped again at rest
-        (see _ws_chunk): an idle client sends nothing but a pong now and then,
-        and a parser costs it 1.7 KB.
-        """
-        ws = self.ws
-        if ws is None:
-            ws = self.ws = wsparser.new_parser(self.state.config.max_message)
-        return ws
-
-    def _drop_parser(self) -> None:
-        ws, self.ws = self.ws, None
-        if ws is not None:
-            wsparser.release(ws)
-
-    def _send_pong(self) -> None:
-        """Answer the pings of one read with one pong, for the latest (RFC 6455, 5.5.3)."""
-        payload, self._pong = self._pong, None
-        ws, transport = self.ws, self.transport
-        if payload is None or ws is None or transport is None:
-            return
-        if self.closing is not Closing.OPEN:
-            return
-        if ws.state is ConnectionState.OPEN:
-            transport.write(ws.send(Pong(payload)))
-
-    def _failed(self) -> bool:
-        """The client broke the protocol: what it sends is discarded."""
-        return self.closing is Closing.FAILED
-
-    def _ws_chunk(self, data: bytes) -> None:
-        if self._failed() or (not data and self.ws is None):  # a catch-up with nothing parsed
-            return
-        ws = self._parser()
-        if ws.state is ConnectionState.CLOSED:
-            return
-        ws.receive_data(data)
-        for event in ws.events():
-            kind = type(event)
-            if kind is TextMessage or kind is BytesMessage:
-                if self.closing is Closing.OPEN:
-                    self._message(event)  # type: ignore[arg-type]
-            elif kind is Ping:
-                self._pong = event.payload  # type: ignore[attr-defined]
-            elif kind is Pong:
-                self.ping_deadline = 0.0
-                if self._pong is None and wsparser.at_rest(ws):
-                    # An idle client's only traffic: drop the parser until the
-                    # next bytes (nothing else is left in this chunk).
-                    self._drop_parser()
-                self.inbound.rested()
-            elif kind is CloseConnection:
-                self._close_received(event)  # type: ignore[arg-type]
+    def _handle_events(self) -> None:
+        websocket = self.websocket
+        assert websocket is not None
+        for event in websocket.events():
+            websocket.handle(event)
+            if websocket.actions is not None:
+                self._carry_out()
             if self._held or self._turn:
                 # The frames after this one stay in wsproto's buffer until
                 # the next turn.
                 self._held = self._parked = True
                 return
-            if self._failed() or self.phase is not Phase.WEBSOCKET:
+            if websocket.closing is Closing.FAILED or self.phase is not Phase.WEBSOCKET:
                 return
+
+    def _carry_out(self) -> None:
+        """Do what the WebSocket phase asked for, in order."""
+        websocket, transport = self.websocket, self.transport
+        assert websocket is not None and transport is not None
+        for action in websocket.take_actions():
+            match action:
+                case Send(data):
+                    transport.write(data)
+                case Shape(delay):
+                    self.state.flow.shape(self, delay)
+                case Leave(flush):
+                    self._leave(flush=flush)
+                case SetTimer(delay):
+                    self.set_timer(delay, self._timer_fired)
+                case CancelTimer():
+                    self._cancel_timer()
+                case HalfClose():
+                    if transport.can_write_eof():
+                        transport.write_eof()
+                case CloseTransport():
+                    self.close_transport()
+                case Abort():
+                    log.debug("%s: close timed out, aborting", self.peer)
+                    transport.abort()
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        if self.websocket is not None:
+            self.websocket.timer_fired()
+            self._carry_out()
 
     # -- keepalive (rawchat.keepalive.Pinged) ---------------------------------------
 
     def expect_pong(self, deadline: float) -> None:
-        if self.ping_deadline == 0.0:
-            self.ping_deadline = deadline
+        if self.websocket is not None:
+            self.websocket.expect_pong(deadline)
 
     def pong_overdue(self, now: float, grace: float) -> bool:
-        if not 0.0 < self.ping_deadline <= now:
-            return False
-        if self._held:
-            # Flow control stopped reading this client: its pong may be waiting
-            # behind its messages. It gets a full timeout more, counted again
-            # until rawchat reads from it again.
-            self.ping_deadline = now + grace
-            return False
-        return True
+        websocket = self.websocket
+        return websocket is not None and websocket.pong_overdue(now, grace, held=self._held)
 
     # -- flow control (rawchat.flow.Publisher) -----------------------------------------
 
@@ -476,118 +432,47 @@ class Connection(asyncio.BufferedProtocol):
             transport.resume_reading()
         return False
 
-    def _message(self, event: TextMessage | BytesMessage) -> None:
-        verdict = self.inbound.receive(event, self.session)
-        if verdict is Verdict.DELIVERED:
-            session = self.session
-            if session is not None and session.greeted and self.closing is Closing.OPEN:
-                self._cancel_timer()  # the hello came: no hello timeout
-        elif verdict is Verdict.SHAPED:
-            self.state.flow.shape(self, self.inbound.delay)
-        elif verdict is Verdict.TOO_BIG:
-            self.fail(CloseReason.MESSAGE_TOO_BIG, wsparser.TOO_BIG)
-        elif verdict is Verdict.FLOODING:
-            log.warning(
-                "%s: flooding past --rate for %.0f s, closing (4002)",
-                self.address,
-                self.inbound.shaped_for(),
-                extra={"event": "flood", "client": self.address, "code": 4002},
-            )
-            self.close(CloseCode.RATE_LIMITED, "too many messages")
-        elif verdict is Verdict.NOT_TEXT:
-            self.close(CloseReason.UNSUPPORTED_DATA, "rawchat.v1 speaks JSON text frames")
-
-    def _close_received(self, event: CloseConnection) -> None:
-        ws = self.ws
-        assert ws is not None and self.transport is not None
-        if self.close_code is None:
-            self.close_code = event.code
-        if ws.state is ConnectionState.REMOTE_CLOSING:
-            # The client closes: echo its code, then drop TCP first (RFC 6455, 7.1.1).
-            self._leave()
-            self.transport.write(ws.send(event.response()))
-            self.close_transport()
-        elif ws.state is ConnectionState.CLOSED:
-            # The answer to our own close frame.
-            self.close_transport()
-        else:
-            # wsproto reports a malformed frame as a CloseConnection it made up.
-            log.debug("%s: protocol error %d: %s", self.peer, event.code, event.reason)
-            reason = wsparser.TOO_BIG if event.code == CloseReason.MESSAGE_TOO_BIG else event.reason
-            self.fail(event.code, reason or "")
-
     # -- closing ------------------------------------------------------------------------
 
     def close(self, code: int, reason: str = "") -> None:
-        """Start the closing handshake: send what is queued, then a close frame."""
-        self._send_close(code, reason, flush=True)
-
-    def fail(self, code: int, reason: str = "") -> None:
-        """The client broke the protocol: close frame, half-close, ignore the rest."""
-        self._send_close(code, reason, flush=False)
-        self.closing = Closing.FAILED
-        transport = self.transport
-        if transport is not None and transport.can_write_eof():
-            transport.write_eof()
+        """Close this WebSocket: what is queued goes out, then a close frame (if still due)."""
+        websocket = self.websocket
+        if websocket is not None and self.phase is Phase.WEBSOCKET:
+            websocket.close(code, reason)
+            self._carry_out()
 
     def _evicted(self) -> None:
-        """Called by the hub: this client cannot keep up. Close it without waiting on it."""
+        """Called by the hub: this client cannot keep up (what it was owed is dropped)."""
         log.debug("%s: evicted, too slow", self.peer)
-        self._send_close(CloseReason.POLICY_VIOLATION, "too slow", flush=False)
+        self.close(CloseReason.POLICY_VIOLATION, "too slow")
 
-    def _send_close(self, code: int, reason: str, *, flush: bool) -> None:
-        transport = self.transport
-        if self.closing is not Closing.OPEN or self.outbox is None or transport is None:
-            return
-        ws = self._parser()
-        if ws.state is not ConnectionState.OPEN:
-            return
-        self.closing = Closing.CLOSE_SENT
-        if self.close_code is None:
-            self.close_code = code
-        queued = b""
-        if self.outbox is not None:
-            queued = self.state.hub.take(self.outbox) if flush else b""
-            self.state.hub.drop(self.outbox)
-            # A closing client must not hold back the others.
-            self.state.flow.relieve(self.outbox)
-        self._leave()
-        try:
-            transport.write(queued + ws.send(CloseConnection(code=code, reason=reason)))
-        except LocalProtocolError:
-            self.close_transport()
-            return
-        self.set_timer(self.state.config.close_timeout, self._abort)
+    def _leave(self, *, flush: bool = False) -> None:
+        """Leave the chat and the hub: a closing client gets no more broadcasts.
 
-    def _leave(self) -> None:
-        """Leave the chat now: a closing client gets no more broadcasts."""
-        if self.session is not None:
-            self.state.chat.disconnect(self.session)
-            self.session = None
-        self.state.websockets.discard(self)
+        With ``flush``, what the hub had queued for it is written first.
+        """
+        state, outbox, websocket = self.state, self.outbox, self.websocket
+        if outbox is not None:
+            queued = state.hub.take(outbox) if flush and not outbox.closed else b""
+            state.hub.drop(outbox)
+            state.flow.relieve(outbox)
+            if queued and self.transport is not None:
+                self.transport.write(queued)
+        if websocket is not None and websocket.session is not None:
+            session, websocket.session = websocket.session, None
+            state.chat.disconnect(session)
+        state.websockets.discard(self)
 
     def _internal_error(self) -> None:
-        if (
-            self.phase is Phase.WEBSOCKET
-            and self.outbox is not None
-            and self.closing is Closing.OPEN
-        ):
+        websocket = self.websocket
+        if self.phase is Phase.WEBSOCKET and websocket and websocket.closing is Closing.OPEN:
             try:
-                self.fail(CloseReason.INTERNAL_ERROR, "internal error")
+                websocket.fail(CloseReason.INTERNAL_ERROR, "internal error")
+                self._carry_out()
                 return
             except Exception:
                 log.exception("%s: could not send 1011", self.peer)
         if self.transport is not None:
-            self.transport.abort()
-
-    def _hello_timeout(self) -> None:
-        self._timer = None
-        self.close(CloseCode.HELLO_TIMEOUT, "no hello")
-
-    def _abort(self) -> None:
-        self._timer = None
-        if self.transport is not None:
-            log.debug("%s: close timed out, aborting", self.peer)
             self.transport.abort()
 
     def close_transport(self) -> None:
@@ -600,9 +485,14 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self._cancel_timer()
 
+    def _abort(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
     # -- timers ---------------------------------------------------------------------
 
-    def set_timer(self, delay: float, callback: Any) -> None:
+    def set_timer(self, delay: float, callback: Callable[[], Any]) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self.state.loop.call_later(delay, callback)

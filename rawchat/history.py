@@ -24,8 +24,8 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable
 
-#: A message kept before any v1 client needed its JSON: (id, ts, nick, text).
-Raw = tuple[int, float, str, str]
+#: A message kept as it came, before any v1 client needed its JSON: (id, ts, nick, text).
+UnencodedEntry = tuple[int, float, str, str]
 #: Encodes a raw message as v1 JSON for its room (replies.encode_msg).
 Encoder = Callable[[str, int, float, str, str], str]
 
@@ -112,7 +112,7 @@ class History:
         self.encode = encode
         self.ledger = ledger
         self._ids: deque[int] = deque()
-        self._entries: deque[str | Raw] = deque()
+        self._entries: deque[str | UnencodedEntry] = deque()
         self._sizes: deque[int] = deque()
         self.bytes = 0
         #: The newest id this room has had (``base`` before its first message): ids
@@ -143,7 +143,7 @@ class History:
             self.dropped_through = id
             return
         if encoded is not None:
-            entry: str | Raw = encoded
+            entry: str | UnencodedEntry = encoded
             size = _utf8_size(encoded)
         else:
             entry = (id, ts, nick, text)

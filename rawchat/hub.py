@@ -136,7 +136,7 @@ class Hub:
             else:  # its first frame this iteration (a flush skips it if none follows)
                 owed = box.transport.get_write_buffer_size() + size
                 dirty.append(box)
-            if owed > mark and self._overdue(box, owed, size):
+            if owed > mark and self._must_evict(box, owed, size):
                 if slow is None:
                     slow = []
                 slow.append(box)
@@ -152,7 +152,7 @@ class Hub:
             for box in slow:
                 self.evict(box, "buffer_full")
 
-    def _overdue(self, box: Outbox, owed: int, size: int) -> bool:
+    def _must_evict(self, box: Outbox, owed: int, size: int) -> bool:
         """The rare path of a broadcast: ``box`` would owe more than the pressure mark.
 
         Evict it (True) only if what it owed *before* this frame is past

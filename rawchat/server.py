@@ -49,9 +49,11 @@ class ServerState(Shared):
         self.routes["/metrics"] = lambda: http.document(metrics.CONTENT_TYPE, exposition.render())
 
     def websocket_modes(self) -> Counter[str]:
-        return Counter(
-            "plain" if c.session is None or c.session.plain else "v1" for c in self.websockets
-        )
+        modes: Counter[str] = Counter()
+        for conn in self.websockets:
+            session = None if conn.websocket is None else conn.websocket.session
+            modes["plain" if session is None or session.plain else "v1"] += 1
+        return modes
 
 
 def keepalive(state: Shared) -> Keepalive:

@@ -21,9 +21,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-#: What rawchat logs once its socket is bound.
-LISTENING = r"rawchat listening on (?P<scheme>https?)://(?P<host>[^\s:]+):(?P<port>\d+)"
+#: What rawchat logs once its socket is bound, plain or inside a JSON log line:
+#: "rawchat listening on http://127.0.0.1:8080 (uvloop)", or "(uvloop, 2 workers)" from
+#: the supervisor of --workers, which logs it before any worker does.
+LISTENING = (
+    r"rawchat listening on (?P<scheme>https?)://(?P<host>\[[^\]]+\]|[^\s:\[]+):(?P<port>\d+)"
+    r" \((?P<flavour>[^)]*)\)"
+)
 RAWCHAT = (sys.executable, "-m", "rawchat")
+#: Arguments every rawchat a test starts gets after --host and --port, ahead of its own:
+#: the one place for a flag that every test server needs.
+COMMON_ARGS: tuple[str, ...] = ()
 #: A line of rawchat's log that shows a bug: an error (its own or the event loop's), a traceback.
 ERROR = re.compile(r" (ERROR|CRITICAL) |^Traceback \(most recent call last\)")
 
@@ -164,3 +172,58 @@ class ServerProcess:
         self.kill()
         if kind is None:
             self.check_errors()
+
+
+class RawchatProcess(ServerProcess):
+    """``python -m rawchat --host 127.0.0.1 --port 0 *COMMON_ARGS *args``, once it listens.
+
+    Every test that needs rawchat in a process of its own starts it here, and reads
+    where it listens from `origin`, `ws_url`, `port` and `flavour` rather than from the log.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        timeout: float = 20,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        own_group: bool = False,
+        errors_allowed: bool = False,
+    ) -> None:
+        super().__init__(
+            "--host",
+            host,
+            "--port",
+            str(port),
+            *COMMON_ARGS,
+            *args,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+            own_group=own_group,
+            errors_allowed=errors_allowed,
+        )
+
+    @property
+    def scheme(self) -> str:
+        return self.ready["scheme"]
+
+    @property
+    def host(self) -> str:
+        return self.ready["host"]
+
+    @property
+    def flavour(self) -> str:
+        """What the listening line says it runs on: "uvloop", "asyncio, 2 workers"."""
+        return self.ready["flavour"]
+
+    @property
+    def origin(self) -> str:
+        """``http://127.0.0.1:8080``: a path goes after it."""
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"{'wss' if self.scheme == 'https' else 'ws'}://{self.host}:{self.port}/ws"

@@ -26,7 +26,7 @@ from playwright.sync_api import (
     expect,
 )
 
-from tests.processes import ServerProcess
+from tests.processes import RawchatProcess
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -57,7 +57,7 @@ class RawchatServer:
         self.port = 0
         self.extra_args = extra_args
         self.scheme = "http"
-        self._process: ServerProcess | None = None
+        self._process: RawchatProcess | None = None
         self._earlier_runs: list[str] = []
 
     @property
@@ -75,18 +75,16 @@ class RawchatServer:
         # can be pointed at another checkout of the server.
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([*paths, str(REPO)]))
-        self._process = ServerProcess(
-            "--host",
-            self.host,
-            "--port",
-            str(port),
+        self._process = RawchatProcess(
             *self.extra_args,
+            host=self.host,
+            port=port,
             cwd=ARTIFACTS,
             env=env,
             timeout=STARTUP_TIMEOUT,
         )
         self.port = self._process.port
-        self.scheme = self._process.ready["scheme"]
+        self.scheme = self._process.scheme
 
     def stop(self, *, kill: bool = False) -> None:
         process, self._process = self._process, None

@@ -250,8 +250,16 @@ def test_workers_scenario_counts_both_and_leaves_nothing_running() -> None:
 
 
 def test_abuse_reports_honest_delivery_and_what_the_abusers_got() -> None:
-    load = load_for("abuse", clients=6, senders=2, rate=10.0, duration=1.0, warmup=0.3,
-                    sample_every=2, status=False)
+    load = load_for(
+        "abuse",
+        clients=6,
+        senders=2,
+        rate=10.0,
+        duration=1.0,
+        warmup=0.3,
+        sample_every=2,
+        status=False,
+    )
 
     async def main() -> dict[str, Any]:
         with ServerProcess(ServerSpec.parse("rawchat-asyncio")) as process:
@@ -296,8 +304,18 @@ def test_slow_room_times_the_readers_and_the_slow_clients_close() -> None:
 
 def test_refused_upgrades_are_counted_not_fatal() -> None:
     """A server at its limits is measured with what it admitted; the refusals are reported."""
-    load = load_for("fanout", clients=8, senders=1, rate=10.0, duration=0.5, warmup=0.1,
-                    sample_every=2, sources=("127.0.0.2",), concurrency=1, status=False)
+    load = load_for(
+        "fanout",
+        clients=8,
+        senders=1,
+        rate=10.0,
+        duration=0.5,
+        warmup=0.1,
+        sample_every=2,
+        sources=("127.0.0.2",),
+        concurrency=1,
+        status=False,
+    )
 
     async def main() -> dict[str, Any]:
         spec = ServerSpec.parse("rawchat-asyncio", ("--max-connections-per-ip=5",))
@@ -321,8 +339,12 @@ def test_node_ws_peer_script_parses() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("node is not installed")
         pytest.skip("node is not installed")
-    out = subprocess.run([str(node_ws.node()), "--check", str(node_ws.SCRIPT)],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [str(node_ws.node()), "--check", str(node_ws.SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -332,8 +354,16 @@ def test_node_ws_peer_relays_every_message_to_everyone() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(missing)
         pytest.skip(missing)
-    load = load_for("fanout", clients=10, senders=2, rate=20.0, duration=1.0, warmup=0.2,
-                    sample_every=2, status=False)
+    load = load_for(
+        "fanout",
+        clients=10,
+        senders=2,
+        rate=20.0,
+        duration=1.0,
+        warmup=0.2,
+        sample_every=2,
+        status=False,
+    )
 
     async def main() -> dict[str, Any]:
         with ServerProcess(ServerSpec.parse("node-ws")) as process:

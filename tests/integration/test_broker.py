@@ -17,7 +17,7 @@ import websockets
 from rawchat.server import Server
 from tests.integration.conftest import run, serving, ws_url
 from tests.integration.redis_server import RedisServer
-from tests.processes import ServerProcess
+from tests.processes import LISTENING, RawchatProcess
 
 V1 = ["rawchat.v1"]
 
@@ -201,9 +201,7 @@ def test_two_workers_share_a_port_and_the_supervisor_replaces_a_dead_one(
     redis_server: RedisServer,
 ) -> None:
     async def main() -> None:
-        with ServerProcess(
-            "--port",
-            "0",
+        with RawchatProcess(
             "--workers",
             "2",
             "--uvloop",
@@ -211,17 +209,20 @@ def test_two_workers_share_a_port_and_the_supervisor_replaces_a_dead_one(
             redis_server.url,
             "--log-level",
             "info",
-            ready=r"listening on http://127\.0\.0\.1:(?P<port>\d+) \(uvloop, 2 workers\)",
             own_group=True,  # the workers go down with it
         ) as server:
+            assert server.flavour == "uvloop, 2 workers"
 
             async def line_matching(pattern: str) -> re.Match[str]:
                 return await asyncio.to_thread(server.line_matching, pattern)
 
-            port = server.port
+            async def a_worker_listens() -> None:
+                found = await line_matching(LISTENING)
+                assert found["flavour"] == "uvloop" and found["port"] == str(server.port)
+
             for _ in range(2):
-                await line_matching(r"rawchat listening on .*\(uvloop\)$")
-            url = f"ws://127.0.0.1:{port}/ws"
+                await a_worker_listens()
+            url = server.ws_url
             clients = [await websockets.connect(url) for _ in range(16)]
             await clients[0].send("to everyone, on both workers")
             for ws in clients:
@@ -232,7 +233,7 @@ def test_two_workers_share_a_port_and_the_supervisor_replaces_a_dead_one(
             for _ in range(200):
                 report = await asyncio.to_thread(
                     lambda: json.loads(
-                        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read()
+                        urllib.request.urlopen(f"{server.origin}/healthz", timeout=5).read()
                     )
                 )
                 pids.add(report["pid"])
@@ -242,7 +243,7 @@ def test_two_workers_share_a_port_and_the_supervisor_replaces_a_dead_one(
             victim = min(pids)
             os.kill(victim, signal.SIGKILL)
             await line_matching(rf"worker {victim} exited .*starting another")
-            await line_matching(r"rawchat listening on .*\(uvloop\)$")
+            await a_worker_listens()
 
             # The dead worker's connections were closed by the kernel with it;
             # the others still answer a ping.

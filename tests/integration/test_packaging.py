@@ -8,7 +8,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from tests.processes import ServerProcess
+from tests.processes import RawchatProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,12 +45,10 @@ def test_an_installed_wheel_serves_the_shipped_page_from_anywhere(tmp_path: Path
         text=True,
     ).stdout
     assert where.startswith(str(site)), "the test must exercise the wheel, not the checkout"
-    server = ServerProcess(
-        "--port", "0", cwd=elsewhere, env=env, ready=r"listening on (?P<url>http://\S+)"
-    )
+    server = RawchatProcess(cwd=elsewhere, env=env)
     try:
         assert server.log[0] == server.ready.string, "no start-up line"
-        base = server.ready["url"]
+        base = server.origin
         for name, target in (("index.html", "/"), ("tutorial.html", "/tutorial.html")):
             with urllib.request.urlopen(base + target, timeout=10) as response:
                 assert response.read() == (ROOT / "static" / name).read_bytes()

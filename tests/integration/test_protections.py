@@ -26,7 +26,7 @@ from rawchat.config import KiB
 from rawchat.connection import Connection
 from rawchat.server import Server
 from tests.integration.conftest import RawClient, run, serving, ws_url
-from tests.processes import ServerProcess
+from tests.processes import LISTENING, RawchatProcess
 
 V1 = ["rawchat.v1"]
 BOUND = 5.0  # seconds: generous bounds on anything that should take milliseconds
@@ -626,10 +626,10 @@ def test_an_incomplete_request_head_gets_408_and_a_silent_connection_is_closed()
 def test_a_request_head_trickled_byte_by_byte_still_gets_408_in_time() -> None:
     """Slowloris: the head as a whole must arrive within handshake_timeout.
 
-    Fails today: every read that arrives while h11 is still IDLE (and a head
-    stays IDLE until it is complete) restarts the handshake timer in
-    Connection._received, so a client sending one byte per interval shorter
-    than the timeout holds the connection open for as long as it likes.
+    A read that arrives while h11 is still IDLE (a head stays IDLE until it is
+    complete) must not restart the handshake timer, or a client sending one
+    byte per interval shorter than the timeout would hold the connection open
+    for as long as it likes.
     """
     timeout = 0.3
 
@@ -870,13 +870,7 @@ def test_metrics_parse_and_count_refusals_evictions_closes_and_messages() -> Non
 
 def test_json_logs_carry_the_event_client_and_close_code() -> None:
     async def main() -> None:
-        with ServerProcess(
-            "--port",
-            "0",
-            "--log-format",
-            "json",
-            ready=r"listening on http://127\.0\.0\.1:(?P<port>\d+)",
-        ) as server:
+        with RawchatProcess("--log-format", "json") as server:
 
             async def entry() -> dict[str, Any]:
                 parsed: dict[str, Any] = json.loads(await asyncio.to_thread(server.next_line))
@@ -884,10 +878,10 @@ def test_json_logs_carry_the_event_client_and_close_code() -> None:
 
             # The listening line is the first, and JSON like every other.
             listening = json.loads(server.log[0])
-            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", listening["msg"])
-            assert found, listening
+            found = re.search(LISTENING, listening["msg"])
+            assert found and int(found["port"]) == server.port, listening
             assert listening["level"] == "info" and "ts" in listening
-            ws = await websockets.connect(f"ws://127.0.0.1:{found.group(1)}/ws")
+            ws = await websockets.connect(server.ws_url)
             await ws.close(1000)
             events = {}
             while "close" not in events:

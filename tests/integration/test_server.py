@@ -16,7 +16,7 @@ from wsproto.frame_protocol import FrameProtocol
 from rawchat.config import KiB
 from rawchat.connection import Connection
 from tests.integration.conftest import RawClient, run, serving, ws_url
-from tests.processes import ServerProcess
+from tests.processes import RawchatProcess
 
 
 def test_plain_broadcast_reaches_every_client_in_the_same_order(loop_kind: str) -> None:
@@ -281,14 +281,10 @@ def test_a_v1_chat_over_loopback() -> None:
 
 def test_the_command_line_prints_its_port_and_exits_cleanly_on_sigterm() -> None:
     async def main() -> None:
-        with ServerProcess(
-            "--port",
-            "0",
-            "--uvloop",
-            ready=r"rawchat listening on http://127\.0\.0\.1:(?P<port>\d+) \(uvloop\)",
-        ) as server:
+        with RawchatProcess("--uvloop") as server:
             assert server.log[0] == server.ready.string, "the first line says where it listens"
-            ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws")
+            assert server.flavour == "uvloop"
+            ws = await websockets.connect(server.ws_url)
             server.process.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()

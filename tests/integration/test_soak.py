@@ -59,12 +59,11 @@ from benchmarks.frames import (
     close_frame,
     mask_frame,
 )
-from tests.processes import ServerProcess
+from tests.processes import RawchatProcess
 
 HOST = "127.0.0.1"
 ROOMS = ("lobby", "r1", "r2", "r3", "r4")
 SEED = 20240607
-LISTENING = r"rawchat listening on http://127\.0\.0\.1:(?P<port>\d+) \(uvloop\)"
 
 
 @dataclass(frozen=True)
@@ -383,15 +382,11 @@ def pick_rooms(rng: random.Random) -> tuple[str, ...]:
 # -- the server and its state -----------------------------------------------------
 
 
-class SoakServer(ServerProcess):
+class SoakServer(RawchatProcess):
     """``python -m rawchat`` with every limit off, and a look at its descriptors and memory."""
 
     def __init__(self) -> None:
         super().__init__(
-            "--host",
-            HOST,
-            "--port",
-            "0",
             "--uvloop",
             "--rate",
             "0",
@@ -405,8 +400,9 @@ class SoakServer(ServerProcess):
             "600",
             "--log-level",
             "info",
-            ready=LISTENING,
+            host=HOST,
         )
+        assert self.flavour == "uvloop"
 
     @property
     def pid(self) -> int:

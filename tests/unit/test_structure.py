@@ -19,14 +19,16 @@ MAX_CLASS_LINES = 250
 KNOWN_LARGE: dict[str, int] = {
     "broker.py": 443,
     "chat.py": 426,
-    # Its WebSocket phase (message assembly, rate checks, the close handshake)
-    # is still inside the asyncio protocol.
-    "connection.py": 613,
+    # The asyncio adapter still carries flow control's held input (the
+    # backlog, the parked frames, the turns) and the ServerState.
+    "connection.py": 503,
+    # Over the limit on main before this round (the store is being wired).
+    "store.py": 403,
 }
 KNOWN_LARGE_CLASSES: dict[str, int] = {
     "broker.py:Broker": 339,
     "chat.py:Chat": 372,
-    "connection.py:Connection": 506,
+    "connection.py:Connection": 392,
 }
 
 

@@ -130,6 +130,19 @@ def test_a_client_close_is_echoed_and_the_server_drops_tcp() -> None:
     assert a.transport.take() == b""
 
 
+def test_what_was_queued_for_a_client_goes_out_before_the_echo_of_its_close() -> None:
+    state, loop = make_state()
+    a, b = Client(state, loop), Client(state, loop)
+    b.send(TextMessage("just before"))  # queued for a, flushed at the end of the iteration
+    a.send(CloseConnection(code=1000, reason="bye"))
+    loop.run_ready()
+    data = a.transport.take()
+    close = masked(0x8, struct.pack("!H", 1000) + b"bye", mask=False)
+    assert data.endswith(close), "nothing may follow the close frame"
+    a.ws.receive_data(data)
+    assert [type(e) for e in a.ws.events()] == [TextMessage, CloseConnection]
+
+
 def test_pings_are_answered_with_pongs() -> None:
     state, loop = make_state()
     a = Client(state, loop)
@@ -176,13 +189,13 @@ def test_keepalive_waits_for_a_client_it_holds_and_times_it_out_once_it_reads() 
 def test_an_idle_client_holds_no_parser_between_pongs() -> None:
     state, loop = make_state()
     a, b = Client(state, loop), Client(state, loop)
-    assert a.conn.ws is None  # nothing received since the upgrade
+    assert a.conn.websocket.parser is None  # nothing received since the upgrade
     a.send(Pong(b""))
-    assert a.conn.ws is None  # made for the pong, dropped after it
+    assert a.conn.websocket.parser is None  # made for the pong, dropped after it
     a.send(TextMessage("hello"))
-    assert a.conn.ws is not None
+    assert a.conn.websocket.parser is not None
     a.send(Pong(b""))
-    assert a.conn.ws is None
+    assert a.conn.websocket.parser is None
     a.send(TextMessage("again"))
     b.receive()
     assert texts(b) == ["hello", "again"]
@@ -193,7 +206,7 @@ def test_a_pong_amid_a_fragmented_message_keeps_the_parser() -> None:
     a, b = Client(state, loop), Client(state, loop)
     a.send(TextMessage("frag", message_finished=False))
     a.send(Pong(b""))
-    assert a.conn.ws is not None
+    assert a.conn.websocket.parser is not None
     a.send_raw(masked(0x0, b"mented"))
     b.receive()
     assert texts(b) == ["fragmented"]
@@ -204,7 +217,7 @@ def test_a_pong_with_more_bytes_behind_it_keeps_the_parser() -> None:
     a, b = Client(state, loop), Client(state, loop)
     hello = masked(0x1, b"hello")
     a.send_raw(masked(0xA, b"") + hello[:8])  # a pong, then a frame not yet whole
-    assert a.conn.ws is not None
+    assert a.conn.websocket.parser is not None
     a.send_raw(hello[8:])
     a.send_raw(masked(0xA, b"") + masked(0x8, struct.pack("!H", 1000)))  # pong and close
     a.receive()
@@ -216,15 +229,15 @@ def test_a_pong_with_more_bytes_behind_it_keeps_the_parser() -> None:
 def test_the_rate_bucket_is_made_by_a_message_and_dropped_once_full() -> None:
     state, loop = make_state(rate=1.0, burst=2)
     a, b = Client(state, loop), Client(state, loop)
-    assert a.conn.inbound.bucket is None
+    assert a.conn.websocket.inbound.bucket is None
     for text in ("1", "2"):  # the whole burst
         a.send(TextMessage(text))
-    assert a.conn.inbound.bucket is not None
+    assert a.conn.websocket.inbound.bucket is not None
     a.send(Pong(b""))
-    assert a.conn.inbound.bucket is not None  # not full yet: what it knows still counts
+    assert a.conn.websocket.inbound.bucket is not None  # not full yet: what it knows still counts
     loop.advance(2.0)
     a.send(Pong(b""))
-    assert a.conn.inbound.bucket is None
+    assert a.conn.websocket.inbound.bucket is None
     for text in ("3", "4", "5"):  # a full burst again, then one more: it waits, not dropped
         a.send(TextMessage(text))
     b.receive()
@@ -237,7 +250,7 @@ def test_the_rate_bucket_is_made_by_a_message_and_dropped_once_full() -> None:
 def test_the_server_can_close_a_client_it_never_parsed_for() -> None:
     state, loop = make_state()
     a = Client(state, loop)
-    assert a.conn.ws is None
+    assert a.conn.websocket.parser is None
     a.conn.close(1001, "going away")
     a.receive()
     assert [c.code for c in closes(a)] == [1001]
