@@ -121,7 +121,6 @@ class Connection(asyncio.BufferedProtocol):
         "closing",
         "ping_deadline",
         "_held",
-        "_turn",
         "_parked",
         "_backlog",
         "_fixed_window",
@@ -136,15 +135,8 @@ class Connection(asyncio.BufferedProtocol):
         self.address = "-"
         #: The close code exchanged (sent or received first); None before any.
         self.close_code: int | None = None
-        config = state.config
         self.inbound = Inbound(
-            state.chat,
-            state.metrics,
-            max_message=config.max_message,
-            rate=config.rate,
-            burst=config.burst,
-            flood_timeout=config.flood_timeout,
-            clock=state.loop.time,
+            state.chat, state.metrics, state.config, state.flow.load, state.loop.time
         )
         self.phase = Phase.HTTP
         #: The HTTP side: requests, routes, admission, the connection's slot of the caps.
@@ -161,8 +153,6 @@ class Connection(asyncio.BufferedProtocol):
         self.ping_deadline = 0.0
         #: Flow control holds this publisher: bytes read are kept, not handled.
         self._held = False
-        #: Flow control's turn: handle one message, then stop again.
-        self._turn = False
         #: A hold stopped the handling of parsed frames still in wsproto's buffer.
         self._parked = False
         self._backlog: bytes | None = None
@@ -224,6 +214,7 @@ class Connection(asyncio.BufferedProtocol):
             self._internal_error()
 
     def _received(self, data: bytes) -> None:
+        self.inbound.new_turn()  # a read or a turn: a share of messages while overloaded
         if self.phase is Phase.WEBSOCKET:
             self._ws_received(data)
             self._send_pong()
@@ -410,7 +401,7 @@ class Connection(asyncio.BufferedProtocol):
                 self.inbound.rested()
             elif kind is CloseConnection:
                 self._close_received(event)  # type: ignore[arg-type]
-            if self._held or self._turn:
+            if self._held:
                 # The frames after this one stay in wsproto's buffer until
                 # the next turn.
                 self._held = self._parked = True
@@ -456,12 +447,11 @@ class Connection(asyncio.BufferedProtocol):
         if self.phase is not Phase.WEBSOCKET or transport is None or transport.is_closing():
             return False
         # What was read but not handled goes first (the frames a hold left in
-        # wsproto's buffer, then the backlog), one message per turn, and
-        # reading resumes only once none is left: otherwise each turn would
-        # let one more read in while handling one message.
-        self._held, self._turn = False, True
+        # wsproto's buffer, then the backlog), until a verdict holds it again
+        # (past --rate, or its share while overloaded), and reading resumes
+        # only once none is left.
+        self._held = False
         self.data_received(b"")  # the same guard against bugs as a read
-        self._turn = False
         if self._held or self._backlog:
             self._held = True
             return True
@@ -484,6 +474,8 @@ class Connection(asyncio.BufferedProtocol):
                 self._cancel_timer()  # the hello came: no hello timeout
         elif verdict is Verdict.SHAPED:
             self.state.flow.shape(self, self.inbound.delay)
+        elif verdict is Verdict.TURN_OVER:
+            self.state.flow.wait_turn(self)
         elif verdict is Verdict.TOO_BIG:
             self.fail(CloseReason.MESSAGE_TOO_BIG, wsparser.TOO_BIG)
         elif verdict is Verdict.FLOODING:

@@ -1,10 +1,12 @@
-"""Flow control: a slow reader pays alone; a sender past --rate is slowed, never dropped."""
+"""Flow control: a slow reader pays alone; a sender past --rate is slowed, never dropped;
+an overloaded loop serves its publishers in turn."""
 
 from __future__ import annotations
 
 from wsproto.events import CloseConnection, TextMessage
 
-from tests.unit.fakes import Client, make_state
+from rawchat.server import ServerState
+from tests.unit.fakes import Client, FakeLoop, make_state
 
 
 def texts(client: Client) -> list[str]:
@@ -108,3 +110,97 @@ def test_a_shaped_client_that_half_closes_still_has_every_message_handled() -> N
         reader.receive()
     assert texts(reader) == ["h0", "h1", "h2", "h3"], "read before the EOF, so handled"
     assert sender.transport.closed, "and closed once they are"
+
+
+# -- fairness under overload (rawchat.overload) ------------------------------------------
+
+
+def overload(state: ServerState, loop: FakeLoop) -> None:
+    """Start watching the loop and make its next tick late: the loop falls behind."""
+    state.flow.start()
+    load = state.flow.load
+    loop.advance(load.interval + 2 * load.enter_lag)
+    assert load.overloaded
+
+
+def late_tick(state: ServerState, loop: FakeLoop) -> None:
+    """One more tick, late again: the loop is still behind."""
+    load = state.flow.load
+    loop.advance(load.interval + load.enter_lag)
+    assert load.overloaded
+
+
+def flood(client: Client, name: str, count: int) -> None:
+    """``count`` messages in one read: far more than one read of an honest client holds."""
+    client.send_raw(b"".join(client.ws.send(TextMessage(f"{name}{i:02d}")) for i in range(count)))
+
+
+def test_an_overloaded_loop_gives_flooders_and_honest_senders_equal_turns() -> None:
+    state, loop = make_state()
+    flooders = [Client(state, loop), Client(state, loop)]
+    honest = [Client(state, loop) for _ in range(3)]
+    reader = Client(state, loop)
+    overload(state, loop)
+    share = state.flow.load.share
+    for flooder, name in zip(flooders, "fg", strict=True):
+        flood(flooder, name, 40)
+    for tick in range(5):
+        for i, client in enumerate(honest):
+            client.send(TextMessage(f"h{i}-{tick}"))
+        got = reader.receive()
+        honest_got = [e.data for e in got if isinstance(e, TextMessage) and e.data[0] == "h"]
+        assert honest_got == [f"h{i}-{tick}" for i in range(3)], "at once, never held"
+        late_tick(state, loop)
+    reader.receive()
+    everything = texts(reader)
+    for name in "fg":
+        mine = [t for t in everything if t[0] == name]
+        # Its share of the read, then its share of each of the five ticks.
+        assert mine == [f"{name}{i:02d}" for i in range(6 * share)], "a share per turn, in order"
+    assert all(c.transport.reading for c in honest), "no honest sender was paused"
+    assert not any(f.transport.reading for f in flooders)
+
+
+def test_once_the_loop_keeps_up_again_held_flooders_are_served_in_full() -> None:
+    state, loop = make_state()
+    flooder, reader = Client(state, loop), Client(state, loop)
+    overload(state, loop)
+    flood(flooder, "f", 40)
+    reader.receive()
+    assert not flooder.transport.reading
+    load = state.flow.load
+    for _ in range(load.calm_needed):  # on time: the lag is gone
+        loop.advance(load.interval)
+        reader.receive()
+    assert not load.overloaded
+    assert texts(reader) == [f"f{i:02d}" for i in range(40)], "nothing dropped, in order"
+    assert flooder.transport.reading, "reading freely again"
+
+
+def test_a_loop_that_keeps_up_pauses_nobody() -> None:
+    state, loop = make_state()
+    state.flow.start()
+    flooder, reader = Client(state, loop), Client(state, loop)
+    load = state.flow.load
+    for round_ in range(10):
+        flood(flooder, f"{round_}", 40)
+        loop.advance(load.interval)  # every tick on time
+        reader.receive()
+        assert flooder.transport.reading
+    assert len(texts(reader)) == 400
+    assert not load.overloaded and load.episodes == 0
+    assert state.flow.waits == 0 and state.flow.holds == 0
+
+
+def test_a_flooder_held_for_its_turn_that_half_closes_has_every_message_handled() -> None:
+    state, loop = make_state()
+    flooder, reader = Client(state, loop), Client(state, loop)
+    overload(state, loop)
+    flood(flooder, "f", 12)
+    if flooder.conn.eof_received() is None:  # what asyncio does then: close the transport
+        flooder.transport.close()
+    for _ in range(5):
+        late_tick(state, loop)
+        reader.receive()
+    assert texts(reader) == [f"f{i:02d}" for i in range(12)], "read before the EOF, so handled"
+    assert flooder.transport.closed, "and closed once they are"
