@@ -203,6 +203,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(self.state.read_buffer[:nbytes]))
+        transport = self.transport
+        if nbytes == READ_SIZE and not self._held and self.phase is Phase.WEBSOCKET:
+            # More waits: the next read is the next iteration's (see flow.read_later).
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
+                self.state.flow.read_later(self)
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -29,11 +29,14 @@ the share (rawchat.inbound).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Protocol
 
 from rawchat.hub import Hub, Outbox
 from rawchat.overload import OverloadMonitor
+
+log = logging.getLogger("rawchat.flow")
 
 
 class Publisher(Protocol):
@@ -98,8 +101,10 @@ class Backpressure:
         "_due",
         "_waiting",
         "_serving",
+        "_was_overloaded",
         "holds",
         "waits",
+        "read_turns",
     )
 
     def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop, slow_timeout: float) -> None:
@@ -112,15 +117,19 @@ class Backpressure:
         self.load = OverloadMonitor(loop.time, loop.call_later, on_tick=self._next_tick)
         #: Shaped publishers, each with the timer that gives it its next turn.
         self._shaped: dict[Publisher, asyncio.TimerHandle] = {}
-        #: Shaped publishers whose timer fell due: served at the next iteration.
+        #: Served at the next iteration: shaped publishers whose timer fell due,
+        #: and readers that filled a whole read (see read_later).
         self._due = TurnQueue()
         #: Publishers that had their share while overloaded: served at the next tick.
         self._waiting = TurnQueue()
         self._serving = False
+        self._was_overloaded = False
         #: Times a publisher was shaped (past --rate), and held for its turn
         #: while overloaded, since start.
         self.holds = 0
         self.waits = 0
+        #: Times a reader that filled a whole read was read again next iteration.
+        self.read_turns = 0
 
     def start(self) -> None:
         """Start watching the loop's lag (the server does; unit tests may not)."""
@@ -158,8 +167,22 @@ class Backpressure:
         self._shaped[publisher] = self.loop.call_later(delay, self._turn_due, publisher)
 
     def _turn_due(self, publisher: Publisher) -> None:
-        if self._shaped.pop(publisher, None) is None:
-            return
+        if self._shaped.pop(publisher, None) is not None:
+            self._serve_next(publisher)
+
+    def read_later(self, publisher: Publisher) -> None:
+        """``publisher`` filled a whole read and stopped reading: read it again next iteration.
+
+        libuv reads a socket up to 32 times in one iteration while its reads
+        fill the buffer: a flood would have the loop fan out 512 KiB of its
+        messages before anyone else is read. Like asyncio's own loop, rawchat
+        takes one read per connection per iteration.
+        """
+        if publisher not in self._waiting:
+            self.read_turns += 1
+            self._serve_next(publisher)
+
+    def _serve_next(self, publisher: Publisher) -> None:
         self._due.push(publisher)
         if not self._serving:
             self._serving = True
@@ -178,10 +201,30 @@ class Backpressure:
         self._waiting.push(publisher)
 
     def _next_tick(self) -> None:
+        load = self.load
+        if load.overloaded is not self._was_overloaded:
+            self._was_overloaded = load.overloaded
+            self._log_change()
         # Calm again, this pass releases everyone: with no share to count, a
         # turn handles all that waits and reading resumes.
         if self._waiting:
             self._waiting.serve()
+
+    def _log_change(self) -> None:
+        load = self.load
+        if load.overloaded:
+            log.warning(
+                "event loop %.0f ms late: publishers take turns, %d messages each per tick",
+                load.lag * 1000,
+                load.share,
+                extra={"event": "overloaded", "lag_ms": round(load.lag * 1000, 1)},
+            )
+        else:
+            log.info(
+                "event loop keeps up again after %.1f s calm: everyone reads freely",
+                load.calm_needed * load.interval,
+                extra={"event": "calm"},
+            )
 
     def forget(self, publisher: Publisher) -> None:
         """``publisher`` is gone: no more turns for it."""

@@ -8,7 +8,8 @@ rawchat watches. The share of congested clients is not a measure of load: one
 stalled reader in a room of four is a quarter of the clients, and a server
 that is idle otherwise.
 
-Past ``enter_lag`` the loop is *overloaded*: publishers take turns (see
+Past ``enter_lag`` at two ticks in a row the loop is *overloaded* (one late
+tick may be a collection, or another process on the core): publishers take turns (see
 rawchat.flow and rawchat.inbound): each may have ``share`` messages handled
 per read or per turn, then its reading pauses and it waits behind the others.
 A flooding connection then gets a turn like any other publisher, and the
@@ -17,8 +18,9 @@ all. Turns are given at each tick (``on_tick``), so while overloaded a
 publisher has at most ``share`` messages handled per tick once it has had to
 wait: a flood becomes a trickle, and so does the fan-out it caused.
 
-Only once the lag stays under ``leave_lag`` for a calm period does everyone
-read freely again. Whether the flood that caused the overload is over cannot
+Only once ``calm_needed`` ticks have measured under ``leave_lag`` since the
+last late one does everyone read freely again (ticks in between count for
+neither). Whether the flood that caused the overload is over cannot
 be known without trying: leaving is that try. If the overload comes back at
 once (a *relapse*), the next calm period must be twice as long (up to
 ``MAX_CALM``), so that a flood that never stops costs a short burst of lag
@@ -36,18 +38,22 @@ from typing import Protocol
 
 #: Seconds between two measurements: 50 timer callbacks a second cost nothing.
 INTERVAL = 0.02
-#: A loop this late is overloaded: a message waited that long for one iteration
-#: that had nothing to do with it.
+#: A loop this late at LATE_TICKS ticks in a row is overloaded: a message
+#: waited that long for an iteration that had nothing to do with it.
 ENTER_LAG = 0.015
-#: Under this lag for CALM_TICKS ticks in a row (half a second), it is calm
-#: again. Above the millisecond an idle loop's timer may be late by.
+LATE_TICKS = 2
+#: CALM_TICKS ticks under this lag (half a second's) with none late between
+#: them, and it is calm again. Above the millisecond an idle loop's timer may
+#: be late by.
 LEAVE_LAG = 0.003
 CALM_TICKS = 25
 #: The longest calm period a relapse doubles it to, in ticks (30 s).
 MAX_CALM = 1500
-#: Messages a publisher may have handled per read or turn while overloaded.
-#: An honest client's read rarely holds more; a flood's holds hundreds.
-SHARE = 4
+#: Messages a publisher may have handled per read or turn while overloaded:
+#: 100 a second at a tick every 20 ms, twice what the busiest honest load
+#: rawchat is measured with sends per connection. An honest client's read
+#: rarely holds more than one; a flood's holds hundreds.
+SHARE = 2
 
 
 class Load(enum.Enum):
@@ -78,6 +84,7 @@ class OverloadMonitor:
         "episodes",
         "calm_needed",
         "_calm",
+        "_late",
         "_left_at",
         "_due",
         "_timer",
@@ -114,8 +121,10 @@ class OverloadMonitor:
         self.episodes = 0
         #: Ticks in a row under ``leave_lag`` it takes to be calm again (see relapse).
         self.calm_needed = calm_ticks
-        #: Ticks in a row under ``leave_lag`` while overloaded.
+        #: Ticks under ``leave_lag`` since the last late one, while overloaded.
         self._calm = 0
+        #: Late ticks in a row, while calm.
+        self._late = 0
         #: When it was last calm again (clock time); None before that.
         self._left_at: float | None = None
         self._due = 0.0
@@ -151,19 +160,21 @@ class OverloadMonitor:
         if lag >= self.enter_lag:
             self._calm = 0
             if not self.overloaded:
-                self._enter()
-        elif self.overloaded:
-            if lag < self.leave_lag:
-                self._calm += 1
-                if self._calm >= self.calm_needed:
-                    self.overloaded = False
-                    self._calm = 0
-                    self._left_at = self.clock()
-            else:
+                self._late += 1
+                if self._late >= LATE_TICKS:
+                    self._enter()
+        elif not self.overloaded:
+            self._late = 0
+        elif lag < self.leave_lag:
+            self._calm += 1
+            if self._calm >= self.calm_needed:
+                self.overloaded = False
                 self._calm = 0
+                self._left_at = self.clock()
 
     def _enter(self) -> None:
         self.overloaded = True
+        self._late = 0
         self.episodes += 1
         left_at = self._left_at
         calm_period = self.calm_needed * self.interval

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from wsproto.events import CloseConnection, TextMessage
 
+from rawchat.connection import READ_SIZE
 from rawchat.server import ServerState
 from tests.unit.fakes import Client, FakeLoop, make_state
 
@@ -120,6 +121,7 @@ def overload(state: ServerState, loop: FakeLoop) -> None:
     state.flow.start()
     load = state.flow.load
     loop.advance(load.interval + 2 * load.enter_lag)
+    loop.advance(load.interval + 2 * load.enter_lag)  # late twice in a row
     assert load.overloaded
 
 
@@ -199,8 +201,24 @@ def test_a_flooder_held_for_its_turn_that_half_closes_has_every_message_handled(
     flood(flooder, "f", 12)
     if flooder.conn.eof_received() is None:  # what asyncio does then: close the transport
         flooder.transport.close()
-    for _ in range(5):
+    for _ in range(12):  # a share per tick: at most twelve ticks
         late_tick(state, loop)
         reader.receive()
     assert texts(reader) == [f"f{i:02d}" for i in range(12)], "read before the EOF, so handled"
     assert flooder.transport.closed, "and closed once they are"
+
+
+def test_a_reader_that_fills_a_whole_read_is_read_again_at_the_next_iteration() -> None:
+    """uvloop reads a socket up to 32 times in one iteration while reads fill the
+    buffer: a flood held the loop for 512 KiB of messages before anyone else."""
+    state, loop = make_state()
+    flooder, reader = Client(state, loop), Client(state, loop)
+    data = b"".join(flooder.ws.send(TextMessage(f"{i:04d}")) for i in range(READ_SIZE // 10 + 1))
+    buffer = flooder.conn.get_buffer(-1)
+    buffer[:] = data[:READ_SIZE]
+    flooder.conn.buffer_updated(READ_SIZE)
+    assert not flooder.transport.reading, "no second read in this iteration"
+    reader.receive()  # the next iteration
+    assert flooder.transport.reading
+    assert state.flow.waits == state.flow.holds == 0
+    assert texts(reader) == [f"{i:04d}" for i in range(READ_SIZE // 10)]
