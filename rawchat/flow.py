@@ -114,14 +114,16 @@ class Backpressure:
         #: Congested clients, each with the timer that evicts it if it stays so.
         self.congested: dict[Outbox, asyncio.TimerHandle] = {}
         #: Whether the loop keeps up; started with the server (see start).
-        self.load = OverloadMonitor(loop.time, loop.call_later, on_tick=self._next_tick)
+        #: Publishers that had their share while overloaded: served at the next tick.
+        self._waiting = TurnQueue()
+        self.load = OverloadMonitor(
+            loop.time, loop.call_later, on_tick=self._next_tick, waiting=self._waiting.__len__
+        )
         #: Shaped publishers, each with the timer that gives it its next turn.
         self._shaped: dict[Publisher, asyncio.TimerHandle] = {}
         #: Served at the next iteration: shaped publishers whose timer fell due,
         #: and readers that filled a whole read (see read_later).
         self._due = TurnQueue()
-        #: Publishers that had their share while overloaded: served at the next tick.
-        self._waiting = TurnQueue()
         self._serving = False
         self._was_overloaded = False
         #: Times a publisher was shaped (past --rate), and held for its turn

@@ -8,8 +8,9 @@ rawchat watches. The share of congested clients is not a measure of load: one
 stalled reader in a room of four is a quarter of the clients, and a server
 that is idle otherwise.
 
-Past ``enter_lag`` at two ticks in a row the loop is *overloaded* (one late
-tick may be a collection, or another process on the core): publishers take turns (see
+Past ``enter_lag`` at two ticks in a row, or past four times that once, the
+loop is *overloaded* (one tick a little late may be a collection, or another
+process on the core): publishers take turns (see
 rawchat.flow and rawchat.inbound): each may have ``share`` messages handled
 per read or per turn, then its reading pauses and it waits behind the others.
 A flooding connection then gets a turn like any other publisher, and the
@@ -19,9 +20,12 @@ publisher has at most ``share`` messages handled per tick once it has had to
 wait: a flood becomes a trickle, and so does the fan-out it caused.
 
 Only once ``calm_needed`` ticks have measured under ``leave_lag`` since the
-last late one does everyone read freely again (ticks in between count for
-neither). Whether the flood that caused the overload is over cannot
-be known without trying: leaving is that try. If the overload comes back at
+last late one, with no publisher waiting for its turn (``waiting``), does
+everyone read freely again; ticks in between count for neither. A publisher
+that still waits is still sending past its share: the loop keeps up *because*
+it takes turns, and releasing it would only bring the lag back. When the lag
+had another cause, whether it is over cannot be known without trying:
+leaving is that try. If the overload comes back at
 once (a *relapse*), the next calm period must be twice as long (up to
 ``MAX_CALM``), so that a flood that never stops costs a short burst of lag
 ever more rarely; a calm period that outlasts its length resets it.
@@ -79,6 +83,7 @@ class OverloadMonitor:
         "calm_ticks",
         "share",
         "on_tick",
+        "waiting",
         "overloaded",
         "lag",
         "episodes",
@@ -101,6 +106,7 @@ class OverloadMonitor:
         calm_ticks: int = CALM_TICKS,
         share: int = SHARE,
         on_tick: Callable[[], None] | None = None,
+        waiting: Callable[[], int] = lambda: 0,
     ) -> None:
         if not 0 < leave_lag <= enter_lag:
             raise ValueError("leave_lag must be positive and at most enter_lag")
@@ -113,6 +119,8 @@ class OverloadMonitor:
         self.share = max(1, share)
         #: Called after every measurement: where publishers that wait get their turns.
         self.on_tick = on_tick
+        #: How many publishers wait for their turn: none may, for a tick to be calm.
+        self.waiting = waiting
         #: Read for every message while turns may be due: a plain attribute.
         self.overloaded = False
         #: The latest lag measured, in seconds.
@@ -161,11 +169,11 @@ class OverloadMonitor:
             self._calm = 0
             if not self.overloaded:
                 self._late += 1
-                if self._late >= LATE_TICKS:
+                if self._late >= LATE_TICKS or lag >= 4 * self.enter_lag:
                     self._enter()
         elif not self.overloaded:
             self._late = 0
-        elif lag < self.leave_lag:
+        elif lag < self.leave_lag and not self.waiting():
             self._calm += 1
             if self._calm >= self.calm_needed:
                 self.overloaded = False

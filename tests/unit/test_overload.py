@@ -29,6 +29,28 @@ def test_a_loop_on_time_is_calm_and_a_late_one_overloaded() -> None:
     assert load.episodes == 1
 
 
+def test_a_tick_four_times_past_the_mark_is_overload_at_once() -> None:
+    loop = FakeLoop()
+    load = monitor(loop, interval=0.02, enter_lag=0.015, leave_lag=0.003)
+    loop.advance(0.02 + 0.060)
+    assert load.overloaded
+
+
+def test_a_loop_on_time_is_not_calm_while_publishers_wait_for_their_turn() -> None:
+    loop = FakeLoop()
+    waiting = [1]
+    load = OverloadMonitor(loop.time, loop.call_later, calm_ticks=5, waiting=waiting.__len__)
+    load.start()
+    loop.advance(0.1)
+    for _ in range(50):
+        loop.advance(load.interval)
+    assert load.overloaded, "it keeps up because it takes turns"
+    waiting.clear()
+    for _ in range(5):
+        loop.advance(load.interval)
+    assert not load.overloaded
+
+
 def overload(loop: FakeLoop) -> None:
     loop.advance(0.05)
     loop.advance(0.05)
