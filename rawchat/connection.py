@@ -481,7 +481,8 @@ class Connection(asyncio.BufferedProtocol):
         elif verdict is Verdict.SHAPED:
             self.state.flow.shape(self, self.inbound.delay)
         elif verdict is Verdict.TURN_OVER:
-            self.state.flow.wait_turn(self)
+            if self._backlog or self.ws is None or not wsparser.at_rest(self.ws):
+                self.state.flow.wait_turn(self)  # more waits: it goes behind the others
         elif verdict is Verdict.TOO_BIG:
             self.fail(CloseReason.MESSAGE_TOO_BIG, wsparser.TOO_BIG)
         elif verdict is Verdict.FLOODING:

@@ -163,6 +163,17 @@ def test_an_overloaded_loop_gives_flooders_and_honest_senders_equal_turns() -> N
     assert not any(f.transport.reading for f in flooders)
 
 
+def test_a_client_with_no_more_than_its_share_in_a_read_is_not_held() -> None:
+    state, loop = make_state()
+    sender, reader = Client(state, loop), Client(state, loop)
+    overload(state, loop)
+    share = state.flow.load.share
+    flood(sender, "s", share)
+    reader.receive()
+    assert texts(reader) == [f"s{i:02d}" for i in range(share)]
+    assert sender.transport.reading and state.flow.waits == 0
+
+
 def test_the_flood_is_worked_off_in_turns_then_everyone_reads_freely_again() -> None:
     state, loop = make_state()
     flooder, reader = Client(state, loop), Client(state, loop)
