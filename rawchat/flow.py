@@ -19,9 +19,9 @@ client itself. Shaped publishers whose timers fall due take turns, round robin.
 
 When the event loop as a whole falls behind (rawchat.overload measures its
 lag), every publisher gets the same share: one that had ``share`` messages
-handled in a read waits, held the same way, for a turn at the monitor's next
-tick, behind the others that wait. A flood is then served a few messages per
-tick, like any client, and honest publishers (a message or two per read) are
+handled in a read waits, held the same way, for its turn at one of the
+monitor's ticks, behind the others that wait. A flood is then served a few
+messages per turn, like any client, and honest publishers (a message or two per read) are
 not held at all. Nothing is dropped, and nothing is counted per message but
 the share (rawchat.inbound).
 """
@@ -102,6 +102,7 @@ class Backpressure:
         "_waiting",
         "_serving",
         "_was_overloaded",
+        "_ticks",
         "holds",
         "waits",
         "read_turns",
@@ -114,7 +115,7 @@ class Backpressure:
         #: Congested clients, each with the timer that evicts it if it stays so.
         self.congested: dict[Outbox, asyncio.TimerHandle] = {}
         #: Whether the loop keeps up; started with the server (see start).
-        #: Publishers that had their share while overloaded: served at the next tick.
+        #: Publishers that had their share while overloaded: served at the next turn.
         self._waiting = TurnQueue()
         self.load = OverloadMonitor(
             loop.time, loop.call_later, on_tick=self._next_tick, waiting=self._waiting.__len__
@@ -126,6 +127,7 @@ class Backpressure:
         self._due = TurnQueue()
         self._serving = False
         self._was_overloaded = False
+        self._ticks = 0
         #: Times a publisher was shaped (past --rate), and held for its turn
         #: while overloaded, since start.
         self.holds = 0
@@ -195,7 +197,7 @@ class Backpressure:
         self._due.serve()
 
     def wait_turn(self, publisher: Publisher) -> None:
-        """The loop is overloaded and ``publisher`` had its share: hold it until the next tick."""
+        """The loop is overloaded and ``publisher`` had its share: hold it until its turn."""
         if publisher in self._waiting or publisher in self._shaped:
             return
         publisher.hold()
@@ -207,6 +209,9 @@ class Backpressure:
         if load.overloaded is not self._was_overloaded:
             self._was_overloaded = load.overloaded
             self._log_change()
+        self._ticks += 1
+        if load.overloaded and self._ticks % load.turn_ticks:
+            return
         # Calm again, this pass releases everyone: with no share to count, a
         # turn handles all that waits and reading resumes.
         if self._waiting:
@@ -216,9 +221,10 @@ class Backpressure:
         load = self.load
         if load.overloaded:
             log.warning(
-                "event loop %.0f ms late: publishers take turns, %d messages each per tick",
+                "event loop %.0f ms late: publishers take turns, %d messages every %.1f s",
                 load.lag * 1000,
                 load.share,
+                load.turn_ticks * load.interval,
                 extra={"event": "overloaded", "lag_ms": round(load.lag * 1000, 1)},
             )
         else:

@@ -125,10 +125,11 @@ def overload(state: ServerState, loop: FakeLoop) -> None:
     assert load.overloaded
 
 
-def late_tick(state: ServerState, loop: FakeLoop) -> None:
-    """One more tick, late again: the loop is still behind."""
+def late_turn(state: ServerState, loop: FakeLoop) -> None:
+    """Ticks up to the next turn, each late again: the loop is still behind."""
     load = state.flow.load
-    loop.advance(load.interval + load.enter_lag)
+    for _ in range(load.turn_ticks):
+        loop.advance(load.interval + load.enter_lag)
     assert load.overloaded
 
 
@@ -145,19 +146,19 @@ def test_an_overloaded_loop_gives_flooders_and_honest_senders_equal_turns() -> N
     overload(state, loop)
     share = state.flow.load.share
     for flooder, name in zip(flooders, "fg", strict=True):
-        flood(flooder, name, 40)
+        flood(flooder, name, 8 * share)
     for tick in range(5):
         for i, client in enumerate(honest):
             client.send(TextMessage(f"h{i}-{tick}"))
         got = reader.receive()
         honest_got = [e.data for e in got if isinstance(e, TextMessage) and e.data[0] == "h"]
         assert honest_got == [f"h{i}-{tick}" for i in range(3)], "at once, never held"
-        late_tick(state, loop)
+        late_turn(state, loop)
     reader.receive()
     everything = texts(reader)
     for name in "fg":
         mine = [t for t in everything if t[0] == name]
-        # Its share of the read, then its share of each of the five ticks.
+        # Its share of the read, then its share of each of the five turns.
         assert mine == [f"{name}{i:02d}" for i in range(6 * share)], "a share per turn, in order"
     assert all(c.transport.reading for c in honest), "no honest sender was paused"
     assert not any(f.transport.reading for f in flooders)
@@ -178,11 +179,13 @@ def test_the_flood_is_worked_off_in_turns_then_everyone_reads_freely_again() -> 
     state, loop = make_state()
     flooder, reader = Client(state, loop), Client(state, loop)
     overload(state, loop)
-    flood(flooder, "f", 40)
+    count = 8 * state.flow.load.share
+    flood(flooder, "f", count)
     reader.receive()
     assert not flooder.transport.reading
     load = state.flow.load
-    for _ in range(20):  # on time: the loop keeps up, because the flooder takes turns
+    # On time: the loop keeps up, because the flooder takes turns.
+    for _ in range(4 * load.turn_ticks):
         loop.advance(load.interval)
         reader.receive()
     assert load.overloaded, "still overloaded while it waits for turns"
@@ -192,7 +195,7 @@ def test_the_flood_is_worked_off_in_turns_then_everyone_reads_freely_again() -> 
         loop.advance(load.interval)
         reader.receive()
     assert not load.overloaded
-    assert texts(reader) == [f"f{i:02d}" for i in range(40)], "nothing dropped, in order"
+    assert texts(reader) == [f"f{i:02d}" for i in range(count)], "nothing dropped, in order"
     assert flooder.transport.reading, "reading freely again"
 
 
@@ -218,8 +221,8 @@ def test_a_flooder_held_for_its_turn_that_half_closes_has_every_message_handled(
     flood(flooder, "f", 12)
     if flooder.conn.eof_received() is None:  # what asyncio does then: close the transport
         flooder.transport.close()
-    for _ in range(12):  # a share per tick: at most twelve ticks
-        late_tick(state, loop)
+    for _ in range(12):  # a share per turn: at most twelve turns
+        late_turn(state, loop)
         reader.receive()
     assert texts(reader) == [f"f{i:02d}" for i in range(12)], "read before the EOF, so handled"
     assert flooder.transport.closed, "and closed once they are"
