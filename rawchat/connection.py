@@ -274,7 +274,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         # WebSocket phase: the buffer passed the pressure mark. Flow control
-        # holds the senders until this client drains, or evicts it if it doesn't.
+        # evicts this client if it does not drain in time; nobody is held for it.
         if self.phase is Phase.WEBSOCKET:
             if self.outbox is not None and self.closing is Closing.OPEN:
                 self.state.flow.congest(self.outbox)
