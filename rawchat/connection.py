@@ -42,6 +42,7 @@ from rawchat.websocket_phase import (
     Send,
     SetTimer,
     Shape,
+    TurnOver,
     WebSocketPhase,
 )
 
@@ -86,15 +87,7 @@ class Shared:
     def websocket_phase(self, *, v1: bool) -> WebSocketPhase:
         """The WebSocket phase of a client just upgraded (its session comes next)."""
         config = self.config
-        inbound = Inbound(
-            self.chat,
-            self.metrics,
-            max_message=config.max_message,
-            rate=config.rate,
-            burst=config.burst,
-            flood_timeout=config.flood_timeout,
-            clock=self.loop.time,
-        )
+        inbound = Inbound(self.chat, self.metrics, config, self.flow.load, self.loop.time)
         return WebSocketPhase(
             inbound,
             None,
@@ -120,7 +113,6 @@ class Connection(asyncio.BufferedProtocol):
         "outbox",
         "_timer",
         "_held",
-        "_turn",
         "_parked",
         "_backlog",
         "_fixed_window",
@@ -143,8 +135,6 @@ class Connection(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         #: Flow control holds this publisher: bytes read are kept, not handled.
         self._held = False
-        #: Flow control's turn: handle one message, then stop again.
-        self._turn = False
         #: A hold stopped the handling of parsed frames still in wsproto's buffer.
         self._parked = False
         self._backlog: bytes | None = None
@@ -193,10 +183,18 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(self.state.read_buffer[:nbytes]))
+        transport = self.transport
+        if nbytes == READ_SIZE and not self._held and self.phase is Phase.WEBSOCKET:
+            # More waits: the next read is the next iteration's (see flow.read_later).
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
+                self.state.flow.read_later(self)
 
     def data_received(self, data: bytes) -> None:
         try:
             if self.phase is Phase.WEBSOCKET:
+                assert self.websocket is not None
+                self.websocket.inbound.new_turn()  # a read or a turn: a share while overloaded
                 self._ws_received(data)
             elif self.phase is Phase.HTTP and self.http is not None:
                 frames = self.http.receive(data)
@@ -342,7 +340,7 @@ class Connection(asyncio.BufferedProtocol):
             websocket.handle(event)
             if websocket.actions is not None:
                 self._carry_out()
-            if self._held or self._turn:
+            if self._held:
                 # The frames after this one stay in wsproto's buffer until
                 # the next turn.
                 self._held = self._parked = True
@@ -360,6 +358,9 @@ class Connection(asyncio.BufferedProtocol):
                     transport.write(data)
                 case Shape(delay):
                     self.state.flow.shape(self, delay)
+                case TurnOver():
+                    if self._backlog or not websocket.at_rest():
+                        self.state.flow.wait_turn(self)  # more waits: it goes behind the others
                 case Leave(flush):
                     self._leave(flush=flush)
                 case SetTimer(delay):
@@ -412,12 +413,11 @@ class Connection(asyncio.BufferedProtocol):
         if self.phase is not Phase.WEBSOCKET or transport is None or transport.is_closing():
             return False
         # What was read but not handled goes first (the frames a hold left in
-        # wsproto's buffer, then the backlog), one message per turn, and
-        # reading resumes only once none is left: otherwise each turn would
-        # let one more read in while handling one message.
-        self._held, self._turn = False, True
+        # wsproto's buffer, then the backlog), until a verdict holds it again
+        # (past --rate, or its share while overloaded), and reading resumes
+        # only once none is left.
+        self._held = False
         self.data_received(b"")  # the same guard against bugs as a read
-        self._turn = False
         if self._held or self._backlog:
             self._held = True
             return True

@@ -15,17 +15,28 @@ A connection that sends faster than an explicit ``--rate`` is *shaped*: its
 messages are not dropped. Reading from it stops (``pause_reading``), the
 messages already read wait in order, and a timer gives it its next turn when a
 token is there again; what it sends meanwhile waits in TCP, slowing the
-client itself. Shaped publishers whose timers fall due take turns, one message
-each, round robin.
+client itself. Shaped publishers whose timers fall due take turns, round robin.
+
+When the event loop as a whole falls behind (rawchat.overload measures its
+lag), every publisher gets the same share: one that had ``share`` messages
+handled in a read waits, held the same way, for its turn at one of the
+monitor's ticks, behind the others that wait. A flood is then served a few
+messages per turn, like any client, and honest publishers (a message or two per read) are
+not held at all. Nothing is dropped, and nothing is counted per message but
+the share (rawchat.inbound).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Protocol
 
 from rawchat.hub import Hub, Outbox
+from rawchat.overload import OverloadMonitor
+
+log = logging.getLogger("rawchat.flow")
 
 
 class Publisher(Protocol):
@@ -35,7 +46,48 @@ class Publisher(Protocol):
         """Stop reading and handling what the client sends."""
 
     def take_turn(self) -> bool:
-        """Handle one waiting message; whether more wait (else it reads again)."""
+        """Handle what waits until held again (True) or none is left (it reads again)."""
+
+
+class TurnQueue:
+    """Publishers waiting for a turn, in order, served round robin one pass at a time.
+
+    The set says who waits, the deque in which order: a publisher that goes
+    away leaves the set only (O(1)), and its place in the deque is skipped.
+    """
+
+    __slots__ = ("_waiting", "_order")
+
+    def __init__(self) -> None:
+        self._waiting: set[Publisher] = set()
+        self._order: deque[Publisher] = deque()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __contains__(self, publisher: Publisher) -> bool:
+        return publisher in self._waiting
+
+    def push(self, publisher: Publisher) -> None:
+        if publisher not in self._waiting:
+            self._waiting.add(publisher)
+            self._order.append(publisher)
+
+    def discard(self, publisher: Publisher) -> None:
+        self._waiting.discard(publisher)
+
+    def serve(self) -> None:
+        """One turn each for those waiting as the pass begins.
+
+        One that is held again during its turn is queued again behind the
+        others and waits for the next pass: a pass never serves anyone twice.
+        """
+        order, waiting = self._order, self._waiting
+        for _ in range(len(order)):
+            publisher = order.popleft()
+            if publisher in waiting:  # else gone since it was queued
+                waiting.discard(publisher)
+                publisher.take_turn()
 
 
 class Backpressure:
@@ -44,11 +96,16 @@ class Backpressure:
         "loop",
         "slow_timeout",
         "congested",
+        "load",
         "_shaped",
-        "_queued",
-        "_turns",
+        "_due",
+        "_waiting",
         "_serving",
+        "_was_overloaded",
+        "_ticks",
         "holds",
+        "waits",
+        "read_turns",
     )
 
     def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop, slow_timeout: float) -> None:
@@ -57,16 +114,34 @@ class Backpressure:
         self.slow_timeout = slow_timeout
         #: Congested clients, each with the timer that evicts it if it stays so.
         self.congested: dict[Outbox, asyncio.TimerHandle] = {}
+        #: Whether the loop keeps up; started with the server (see start).
+        #: Publishers that had their share while overloaded: served at the next turn.
+        self._waiting = TurnQueue()
+        self.load = OverloadMonitor(
+            loop.time, loop.call_later, on_tick=self._next_tick, waiting=self._waiting.__len__
+        )
         #: Shaped publishers, each with the timer that gives it its next turn.
         self._shaped: dict[Publisher, asyncio.TimerHandle] = {}
-        #: Publishers waiting for a turn: the set says who, the deque in which order.
-        #: A publisher that goes away leaves the set only (O(1)); its place in the
-        #: deque is skipped when its turn comes.
-        self._queued: dict[Publisher, None] = {}
-        self._turns: deque[Publisher] = deque()
+        #: Served at the next iteration: shaped publishers whose timer fell due,
+        #: and readers that filled a whole read (see read_later).
+        self._due = TurnQueue()
         self._serving = False
-        #: Times a publisher was shaped since start.
+        self._was_overloaded = False
+        self._ticks = 0
+        #: Times a publisher was shaped (past --rate), and held for its turn
+        #: while overloaded, since start.
         self.holds = 0
+        self.waits = 0
+        #: Times a reader that filled a whole read was read again next iteration.
+        self.read_turns = 0
+
+    def start(self) -> None:
+        """Start watching the loop's lag (the server does; unit tests may not)."""
+        self.load.start()
+
+    def stop(self) -> None:
+        self.load.stop()
+        self._waiting.serve()  # nobody waits for ticks that no longer come
 
     # -- slow readers ---------------------------------------------------------------
 
@@ -85,7 +160,7 @@ class Backpressure:
         self.congested.pop(box, None)
         self.hub.evict(box, "slow_timeout")
 
-    # -- shaping ----------------------------------------------------------------------
+    # -- turns --------------------------------------------------------------------------
 
     def shape(self, publisher: Publisher, delay: float) -> None:
         """Stop handling ``publisher``'s input for ``delay`` seconds, then give it turns."""
@@ -96,30 +171,73 @@ class Backpressure:
         self._shaped[publisher] = self.loop.call_later(delay, self._turn_due, publisher)
 
     def _turn_due(self, publisher: Publisher) -> None:
-        if self._shaped.pop(publisher, None) is None:
-            return
-        self._queued[publisher] = None
-        self._turns.append(publisher)
+        if self._shaped.pop(publisher, None) is not None:
+            self._serve_next(publisher)
+
+    def read_later(self, publisher: Publisher) -> None:
+        """``publisher`` filled a whole read and stopped reading: read it again next iteration.
+
+        libuv reads a socket up to 32 times in one iteration while its reads
+        fill the buffer: a flood would have the loop fan out 512 KiB of its
+        messages before anyone else is read. Like asyncio's own loop, rawchat
+        takes one read per connection per iteration.
+        """
+        if publisher not in self._waiting:
+            self.read_turns += 1
+            self._serve_next(publisher)
+
+    def _serve_next(self, publisher: Publisher) -> None:
+        self._due.push(publisher)
         if not self._serving:
             self._serving = True
-            self.loop.call_soon(self._serve)
+            self.loop.call_soon(self._serve_due)
 
-    def _serve(self) -> None:
-        """One waiting message per publisher in turn, until none wait or all are shaped."""
+    def _serve_due(self) -> None:
         self._serving = False
-        turns, queued, shaped = self._turns, self._queued, self._shaped
-        while turns:
-            publisher = turns.popleft()
-            if publisher not in queued:  # gone since it was queued
-                continue
-            if publisher.take_turn() and publisher not in shaped:
-                turns.append(publisher)
-            else:
-                del queued[publisher]
+        self._due.serve()
+
+    def wait_turn(self, publisher: Publisher) -> None:
+        """The loop is overloaded and ``publisher`` had its share: hold it until its turn."""
+        if publisher in self._waiting or publisher in self._shaped:
+            return
+        publisher.hold()
+        self.waits += 1
+        self._waiting.push(publisher)
+
+    def _next_tick(self) -> None:
+        load = self.load
+        if load.overloaded is not self._was_overloaded:
+            self._was_overloaded = load.overloaded
+            self._log_change()
+        self._ticks += 1
+        if load.overloaded and self._ticks % load.turn_ticks:
+            return
+        # Calm again, this pass releases everyone: with no share to count, a
+        # turn handles all that waits and reading resumes.
+        if self._waiting:
+            self._waiting.serve()
+
+    def _log_change(self) -> None:
+        load = self.load
+        if load.overloaded:
+            log.warning(
+                "event loop %.0f ms late: publishers take turns, %d messages every %.1f s",
+                load.lag * 1000,
+                load.share,
+                load.turn_ticks * load.interval,
+                extra={"event": "overloaded", "lag_ms": round(load.lag * 1000, 1)},
+            )
+        else:
+            log.info(
+                "event loop keeps up again after %.1f s calm: everyone reads freely",
+                load.calm_needed * load.interval,
+                extra={"event": "calm"},
+            )
 
     def forget(self, publisher: Publisher) -> None:
         """``publisher`` is gone: no more turns for it."""
         timer = self._shaped.pop(publisher, None)
         if timer is not None:
             timer.cancel()
-        self._queued.pop(publisher, None)
+        self._due.discard(publisher)
+        self._waiting.discard(publisher)

@@ -2,6 +2,11 @@
 
 Free of I/O: the connection hands each text or binary frame event in, and acts
 on the :class:`Verdict` that comes back (a close, a hold by flow control).
+
+Two limits may hold a client, neither drops a message: an operator's
+``--rate`` (SHAPED), and, while the event loop is overloaded
+(rawchat.overload), its share of each turn (TURN_OVER): after ``share``
+messages in one read or turn, it waits behind the other publishers.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from typing import Any
 from wsproto.events import BytesMessage, TextMessage
 
 from rawchat.chat import Chat
+from rawchat.config import Config
 from rawchat.limits import TokenBucket
 from rawchat.metrics import Counters
+from rawchat.overload import OverloadMonitor
 from rawchat.rooms import Session
 
 
@@ -27,6 +34,9 @@ class Verdict(enum.Enum):
     IGNORED = enum.auto()
     #: Handed to the chat, past --rate: reading waits ``Inbound.delay`` for a token.
     SHAPED = enum.auto()
+    #: Handed to the chat; the loop is overloaded and the client had its share
+    #: of this read or turn: reading waits for its next turn.
+    TURN_OVER = enum.auto()
     #: Bigger than --max-message: close 1009.
     TOO_BIG = enum.auto()
     #: Shaped without a break for longer than --flood-timeout: close 4002.
@@ -45,7 +55,9 @@ class Inbound:
         "rate",
         "burst",
         "flood_timeout",
+        "load",
         "clock",
+        "handled",
         "bucket",
         "shaped_since",
         "delay",
@@ -57,20 +69,21 @@ class Inbound:
         self,
         chat: Chat,
         counters: Counters,
-        *,
-        max_message: int,
-        rate: float,
-        burst: int,
-        flood_timeout: float,
+        config: Config,
+        load: OverloadMonitor,
         clock: Callable[[], float],
     ) -> None:
         self.chat = chat
         self.counters = counters
-        self.max_message = max_message
-        self.rate = rate
-        self.burst = burst
-        self.flood_timeout = flood_timeout
+        self.max_message = config.max_message
+        self.rate = config.rate
+        self.burst = config.burst
+        self.flood_timeout = config.flood_timeout
+        self.load = load
         self.clock = clock
+        #: Messages handled since the connection's latest read or turn began
+        #: (see new_turn): counted only while the loop is overloaded.
+        self.handled = 0
         #: Per-connection message rate (--rate), made on the first message and
         #: dropped at a pong once full again.
         self.bucket: TokenBucket | None = None
@@ -129,7 +142,17 @@ class Inbound:
             self.chat.v1_message(session, data)
         else:
             return Verdict.NOT_TEXT
-        return self._spend_token() if self.rate > 0 else Verdict.DELIVERED
+        verdict = self._spend_token() if self.rate > 0 else Verdict.DELIVERED
+        if self.load.overloaded and verdict is Verdict.DELIVERED:
+            # Its share of the turn: a counter and a compare, nothing more per message.
+            self.handled += 1
+            if self.handled >= self.load.share:
+                return Verdict.TURN_OVER
+        return verdict
+
+    def new_turn(self) -> None:
+        """A read or a turn begins: while overloaded, ``share`` messages may be handled."""
+        self.handled = 0
 
     def shaped_for(self) -> float:
         """How long the client has been over its rate without a break, in seconds."""

@@ -103,6 +103,7 @@ class Server:
         await self._server.start_serving()
         self._keepalive = keepalive(state)
         self._keepalive.start()
+        state.flow.start()  # watches the loop's lag: publishers take turns when it falls behind
 
     async def shutdown(self) -> None:
         """Stop accepting, send 1001 to every WebSocket, wait for them with a bound."""
@@ -112,6 +113,7 @@ class Server:
         self._server.close()
         if self._keepalive is not None:
             self._keepalive.stop()
+        state.flow.stop()
         for conn in list(state.connections):
             if conn.phase is Phase.HTTP and conn.transport is not None:  # no handshake to do
                 conn.transport.close()

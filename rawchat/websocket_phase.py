@@ -93,6 +93,12 @@ class Shape:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnOver:
+    """The loop is overloaded and the client had its share of this turn: if more of
+    what it sent waits, it waits behind the other publishers."""
+
+
+@dataclass(frozen=True, slots=True)
 class SetTimer:
     """Call ``timer_fired`` in ``delay`` seconds, replacing any timer set before."""
 
@@ -119,8 +125,11 @@ class Abort:
     """Drop the TCP connection now, whatever is still buffered."""
 
 
-Action = Send | Leave | Shape | SetTimer | CancelTimer | HalfClose | CloseTransport | Abort
+Action = (
+    Send | Leave | Shape | TurnOver | SetTimer | CancelTimer | HalfClose | CloseTransport | Abort
+)
 
+_TURN_OVER = TurnOver()
 _CANCEL_TIMER = CancelTimer()
 _HALF_CLOSE = HalfClose()
 _CLOSE_TRANSPORT = CloseTransport()
@@ -245,6 +254,8 @@ class WebSocketPhase:
                 self._do(_CANCEL_TIMER)
         elif verdict is Verdict.SHAPED:
             self._do(Shape(self.inbound.delay))
+        elif verdict is Verdict.TURN_OVER:
+            self._do(_TURN_OVER)
         elif verdict is Verdict.TOO_BIG:
             self.fail(CloseReason.MESSAGE_TOO_BIG, wsparser.TOO_BIG)
         elif verdict is Verdict.FLOODING:
@@ -335,6 +346,10 @@ class WebSocketPhase:
         """The client's address, for logs, while it is in the chat."""
         session = self.session
         return "-" if session is None else session.connection.address
+
+    def at_rest(self) -> bool:
+        """Nothing the client sent waits in the parser (or there is none)."""
+        return self.parser is None or wsparser.at_rest(self.parser)
 
     def drop_parser(self) -> None:
         parser, self.parser = self.parser, None

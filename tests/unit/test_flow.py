@@ -1,10 +1,13 @@
-"""Flow control: a slow reader pays alone; a sender past --rate is slowed, never dropped."""
+"""Flow control: a slow reader pays alone; a sender past --rate is slowed, never dropped;
+an overloaded loop serves its publishers in turn."""
 
 from __future__ import annotations
 
 from wsproto.events import CloseConnection, TextMessage
 
-from tests.unit.fakes import Client, make_state
+from rawchat.connection import READ_SIZE
+from rawchat.server import ServerState
+from tests.unit.fakes import Client, FakeLoop, make_state
 
 
 def texts(client: Client) -> list[str]:
@@ -108,3 +111,134 @@ def test_a_shaped_client_that_half_closes_still_has_every_message_handled() -> N
         reader.receive()
     assert texts(reader) == ["h0", "h1", "h2", "h3"], "read before the EOF, so handled"
     assert sender.transport.closed, "and closed once they are"
+
+
+# -- fairness under overload (rawchat.overload) ------------------------------------------
+
+
+def overload(state: ServerState, loop: FakeLoop) -> None:
+    """Start watching the loop and make its next tick late: the loop falls behind."""
+    state.flow.start()
+    load = state.flow.load
+    loop.advance(load.interval + 2 * load.enter_lag)
+    loop.advance(load.interval + 2 * load.enter_lag)  # late twice in a row
+    assert load.overloaded
+
+
+def late_turn(state: ServerState, loop: FakeLoop) -> None:
+    """Ticks up to the next turn, each late again: the loop is still behind."""
+    load = state.flow.load
+    for _ in range(load.turn_ticks):
+        loop.advance(load.interval + load.enter_lag)
+    assert load.overloaded
+
+
+def flood(client: Client, name: str, count: int) -> None:
+    """``count`` messages in one read: far more than one read of an honest client holds."""
+    client.send_raw(b"".join(client.ws.send(TextMessage(f"{name}{i:02d}")) for i in range(count)))
+
+
+def test_an_overloaded_loop_gives_flooders_and_honest_senders_equal_turns() -> None:
+    state, loop = make_state()
+    flooders = [Client(state, loop), Client(state, loop)]
+    honest = [Client(state, loop) for _ in range(3)]
+    reader = Client(state, loop)
+    overload(state, loop)
+    share = state.flow.load.share
+    for flooder, name in zip(flooders, "fg", strict=True):
+        flood(flooder, name, 8 * share)
+    for tick in range(5):
+        for i, client in enumerate(honest):
+            client.send(TextMessage(f"h{i}-{tick}"))
+        got = reader.receive()
+        honest_got = [e.data for e in got if isinstance(e, TextMessage) and e.data[0] == "h"]
+        assert honest_got == [f"h{i}-{tick}" for i in range(3)], "at once, never held"
+        late_turn(state, loop)
+    reader.receive()
+    everything = texts(reader)
+    for name in "fg":
+        mine = [t for t in everything if t[0] == name]
+        # Its share of the read, then its share of each of the five turns.
+        assert mine == [f"{name}{i:02d}" for i in range(6 * share)], "a share per turn, in order"
+    assert all(c.transport.reading for c in honest), "no honest sender was paused"
+    assert not any(f.transport.reading for f in flooders)
+
+
+def test_a_client_with_no_more_than_its_share_in_a_read_is_not_held() -> None:
+    state, loop = make_state()
+    sender, reader = Client(state, loop), Client(state, loop)
+    overload(state, loop)
+    share = state.flow.load.share
+    flood(sender, "s", share)
+    reader.receive()
+    assert texts(reader) == [f"s{i:02d}" for i in range(share)]
+    assert sender.transport.reading and state.flow.waits == 0
+
+
+def test_the_flood_is_worked_off_in_turns_then_everyone_reads_freely_again() -> None:
+    state, loop = make_state()
+    flooder, reader = Client(state, loop), Client(state, loop)
+    overload(state, loop)
+    count = 8 * state.flow.load.share
+    flood(flooder, "f", count)
+    reader.receive()
+    assert not flooder.transport.reading
+    load = state.flow.load
+    # On time: the loop keeps up, because the flooder takes turns.
+    for _ in range(4 * load.turn_ticks):
+        loop.advance(load.interval)
+        reader.receive()
+    assert load.overloaded, "still overloaded while it waits for turns"
+    for _ in range(200):  # bounded, on the fake clock
+        if not load.overloaded:
+            break
+        loop.advance(load.interval)
+        reader.receive()
+    assert not load.overloaded
+    assert texts(reader) == [f"f{i:02d}" for i in range(count)], "nothing dropped, in order"
+    assert flooder.transport.reading, "reading freely again"
+
+
+def test_a_loop_that_keeps_up_pauses_nobody() -> None:
+    state, loop = make_state()
+    state.flow.start()
+    flooder, reader = Client(state, loop), Client(state, loop)
+    load = state.flow.load
+    for round_ in range(10):
+        flood(flooder, f"{round_}", 40)
+        loop.advance(load.interval)  # every tick on time
+        reader.receive()
+        assert flooder.transport.reading
+    assert len(texts(reader)) == 400
+    assert not load.overloaded and load.episodes == 0
+    assert state.flow.waits == 0 and state.flow.holds == 0
+
+
+def test_a_flooder_held_for_its_turn_that_half_closes_has_every_message_handled() -> None:
+    state, loop = make_state()
+    flooder, reader = Client(state, loop), Client(state, loop)
+    overload(state, loop)
+    flood(flooder, "f", 12)
+    if flooder.conn.eof_received() is None:  # what asyncio does then: close the transport
+        flooder.transport.close()
+    for _ in range(12):  # a share per turn: at most twelve turns
+        late_turn(state, loop)
+        reader.receive()
+    assert texts(reader) == [f"f{i:02d}" for i in range(12)], "read before the EOF, so handled"
+    assert flooder.transport.closed, "and closed once they are"
+
+
+def test_a_reader_that_fills_a_whole_read_is_read_again_at_the_next_iteration() -> None:
+    """uvloop reads a socket up to 32 times in one iteration while reads fill the
+    buffer: a flood held the loop for 512 KiB of messages before anyone else."""
+    state, loop = make_state()
+    flooder, reader = Client(state, loop), Client(state, loop)
+    data = b"".join(flooder.ws.send(TextMessage(f"{i:04d}")) for i in range(READ_SIZE // 10 + 1))
+    buffer = flooder.conn.get_buffer(-1)
+    buffer[:] = data[:READ_SIZE]
+    flooder.conn.buffer_updated(READ_SIZE)
+    assert not flooder.transport.reading, "no second read in this iteration"
+    reader.receive()  # the next iteration
+    assert flooder.transport.reading
+    assert state.flow.waits == state.flow.holds == 0
+    assert texts(reader) == [f"{i:04d}" for i in range(READ_SIZE // 10)]
