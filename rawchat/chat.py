@@ -115,6 +115,8 @@ class Chat:
             self.exit_room(session, room)
         if session.key and self.nicks.get(session.key) is session:
             del self.nicks[session.key]
+            if self.relay is not None and self.relay.up:
+                self.relay.release(session.key)
         self.hub.drop(session.outbox)
 
     # -- what clients say ---------------------------------------------------
@@ -188,7 +190,7 @@ class Chat:
             self.moderation.handle(self, session, message)
 
     def _hello(self, session: Session, hello: m.Hello) -> None:
-        if session.greeted:
+        if session.greeted or session.key:  # accepted, or waiting for the broker's word
             raise m.ProtocolError("already_hello", "hello was already accepted")
         if len(hello.rooms) > self.max_rooms:
             raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
@@ -198,6 +200,19 @@ class Chat:
         except m.ProtocolError:
             session.seat = GUEST
             raise
+        if self.relay is not None and self.relay.up:  # unique on every node: ask first
+            self.relay.claim(session, lambda taken: self._welcome(session, hello, taken))
+        else:
+            self._welcome(session, hello, taken=False)
+
+    def _welcome(self, session: Session, hello: m.Hello, taken: bool) -> None:
+        if self.nicks.get(session.key) is not session:
+            return  # gone while the broker was asked
+        if taken:
+            del self.nicks[session.key]
+            session.key = session.nick = ""  # its seat goes with its next hello
+            self.send(session, replies.encode_error("nick_taken", f"{hello.nick} is taken"))
+            return
         session.greeted = True
         welcome = replies.encode_welcome(
             f"s{next(self._sessions)}",
@@ -270,6 +285,8 @@ class Chat:
         if nick == old:
             return
         self._claim_nick(session, nick)
+        if self.relay is not None and self.relay.up:  # taken on another node too? this one yields
+            self.relay.claim(session, lambda taken: self._taken(session, nick, taken))
         for room in session.rooms.values():
             self.presence.rename(room, old, nick)
             if self.relay is not None and self.relay.up:
@@ -318,30 +335,6 @@ class Chat:
         if room.plain:
             self.hub.broadcast(frames.message(text), room.plain)
 
-    def relayed_presence(
-        self, room: Room, event: str, nick: str, old: str | None, node: str
-    ) -> None:
-        """A member of ``room`` on another node came, went or changed nick."""
-        if event == "join":
-            if room.remote.get(nick) == node:
-                return  # known already: the room's load and the event crossed
-            room.remote[nick] = node
-        elif event == "leave":
-            if room.remote.get(nick) != node:
-                return
-            del room.remote[nick]
-        elif old is not None and room.remote.get(old) == node:
-            del room.remote[old]
-            room.remote[nick] = node
-        else:
-            return
-        if event == "join":
-            self.presence.join(room, nick)
-        elif event == "leave":
-            self.presence.leave(room, nick)
-        elif old is not None:
-            self.presence.rename(room, old, nick)
-
     # -- membership -----------------------------------------------------------
 
     def _claim_nick(self, session: Session, nick: str) -> None:
@@ -356,9 +349,16 @@ class Chat:
             self._rename(holder, self._guest_nick())
         if session.key and session.key != key:
             del self.nicks[session.key]
+            if self.relay is not None and self.relay.up:
+                self.relay.release(session.key)
         self.nicks[key] = session
         session.nick = nick
         session.key = key
+
+    def _taken(self, session: Session, nick: str, taken: bool) -> None:
+        if taken and session.nick == nick:
+            self._rename(session, self._guest_nick())
+            self.send(session, replies.encode_error("nick_taken", f"{nick} is taken"))
 
     def room(self, name: str) -> Room:
         """The room called ``name``, made (and, with a broker, loaded) if need be."""

@@ -264,3 +264,114 @@ def test_two_workers_share_a_port_and_the_supervisor_replaces_a_dead_one(
             assert await asyncio.to_thread(server.stop) == 0
 
     run(main)
+
+
+async def publish_raw(url: str, channel: str, *payloads: str) -> None:
+    """Publish on the broker's channels as a faulty or hostile node would."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        for payload in payloads:
+            await client.publish(channel, payload)
+    finally:
+        await client.aclose()
+
+
+def test_malformed_broker_payloads_are_ignored_and_the_link_stays_up(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> None:
+        async with serving(broker=redis_server.url) as a, serving(broker=redis_server.url) as b:
+            assert a.broker is not None
+            ann, _, _ = await Chatter.hello(a, "ann")
+            bob, _, _ = await Chatter.hello(b, "bob")
+            await ann.arrival({"bob"})
+            await publish_raw(
+                redis_server.url,
+                "rawchat:room:lobby",
+                '{"room":"lobby","k":"msg"}',  # no id, no node
+                '{"room":"lobby","k":"presence","node":"x"}',  # no event, no nick
+                '{"room":"lobby","k":"bin","node":"x","data":"zz"}',  # not hex
+                '["not an object"]',
+                "not json",
+            )
+            await bob.say("still across")
+            assert (await ann.next("msg"))["text"] == "still across"
+            assert a.broker.up and a.broker.outages == 0
+            for ws in (ann.ws, bob.ws):
+                await ws.close()
+
+    run(main)
+
+
+def test_an_unexpected_failure_of_a_broker_task_is_a_lost_link_that_heals(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        async with serving(broker=redis_server.url) as a, serving(broker=redis_server.url) as b:
+            assert a.broker is not None
+            broker = a.broker
+            ann, _, _ = await Chatter.hello(a, "ann")
+            bob, _, _ = await Chatter.hello(b, "bob")
+            await ann.arrival({"bob"})
+            # A fault of rawchat's own (not Redis's) in the heartbeat, which
+            # reconnecting also goes through: the link stays down until it is fixed.
+            beat = broker._beat
+            faulty = True
+
+            async def failing_beat() -> None:
+                if faulty:
+                    raise RuntimeError("injected fault")
+                await beat()
+
+            monkeypatch.setattr(broker, "_beat", failing_beat)
+            await asyncio.wait_for(broker.disconnected.wait(), 10)
+            report = await asyncio.to_thread(health, a)
+            assert report["status"] == "degraded" and report["broker"]["up"] is False
+            await ann.say("local meanwhile")
+            assert (await ann.next("msg"))["text"] == "local meanwhile"
+            faulty = False
+            await asyncio.wait_for(broker.connected.wait(), 20)
+            assert (await asyncio.to_thread(health, a))["status"] == "ok"
+            await bob.say("across again")
+            assert (await ann.next("msg", text="across again"))["nick"] == "bob"
+            for ws in (ann.ws, bob.ws):
+                await ws.close()
+
+    run(main)
+
+
+def test_a_stalled_redis_fills_the_bounded_queue_and_messages_still_arrive(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> None:
+        import redis.asyncio as aioredis
+
+        async with serving(broker=redis_server.url) as a:
+            assert a.broker is not None
+            broker = a.broker
+            broker.max_outgoing = 8
+            ann, _, _ = await Chatter.hello(a, "ann")
+            amy, _, _ = await Chatter.hello(a, "amy")
+            await ann.arrival({"amy"})
+            admin = aioredis.Redis.from_url(redis_server.url)
+            try:
+                # Redis answers nothing for 30 s: the writer waits, the queue fills.
+                await admin.execute_command("CLIENT", "PAUSE", 30_000, "ALL")
+                sent = [f"m{i}" for i in range(20)]
+                for text in sent:
+                    await ann.say(text)
+                # Every message reaches the room (here) long before Redis wakes up.
+                got = [(await amy.next("msg"))["text"] for _ in sent]
+                assert got == sent
+                assert broker.outages == 1
+                report = await asyncio.to_thread(health, a)
+                assert report["status"] == "degraded"
+            finally:
+                redis_server.kill()  # a paused Redis would not even take an UNPAUSE
+                await admin.aclose()
+            for ws in (ann.ws, amy.ws):
+                await ws.close()
+
+    run(main)
