@@ -111,12 +111,12 @@ class Chat:
         self.presence.stop()
 
     def disconnect(self, session: Session) -> None:
-        for room in list(session.rooms.values()):
-            self.exit_room(session, room)
         if session.key and self.nicks.get(session.key) is session:
             del self.nicks[session.key]
-            if self.relay is not None and self.relay.up:
+            if self.relay is not None and self.relay.up:  # before the leave: see docs/broker.md
                 self.relay.release(session.key)
+        for room in list(session.rooms.values()):
+            self.exit_room(session, room)
         self.hub.drop(session.outbox)
 
     # -- what clients say ---------------------------------------------------

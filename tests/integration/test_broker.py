@@ -375,3 +375,142 @@ def test_a_stalled_redis_fills_the_bounded_queue_and_messages_still_arrive(
                 await ws.close()
 
     run(main)
+
+
+async def refused_hello(server: Server, nick: str) -> dict[str, Any]:
+    """Say hello as ``nick`` and return the error that comes instead of a welcome."""
+    ws = await websockets.connect(ws_url(server), subprotocols=V1)  # type: ignore[list-item]
+    try:
+        await ws.send(json.dumps({"type": "hello", "nick": nick}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert reply["type"] == "error", reply
+        return reply  # type: ignore[no-any-return]
+    finally:
+        await ws.close()
+
+
+def test_a_nick_held_on_one_node_is_refused_on_the_other_until_it_is_free(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> None:
+        async with serving(broker=redis_server.url) as a, serving(broker=redis_server.url) as b:
+            ann, _, _ = await Chatter.hello(a, "ann")
+            assert (await refused_hello(b, "ANN"))["code"] == "nick_taken"
+            # A rename to a nick held on the other node fails the same way, visibly.
+            bob, _, _ = await Chatter.hello(b, "bob")
+            # Presence is coalesced per tick: what is pending (ann's arrival on B
+            # among it) goes out with bob's own, and cannot cancel her leave below.
+            await bob.arrival({"bob"})
+            await bob.ws.send(json.dumps({"type": "nick", "nick": "Ann"}))
+            assert (await bob.next("error"))["code"] == "nick_taken"
+            await ann.ws.close()
+            # Freed when its holder leaves, before the leave is published.
+            while "ann" not in (await bob.next("presence"))["left"]:
+                pass
+            ws = await websockets.connect(ws_url(b), subprotocols=V1)  # type: ignore[list-item]
+            await ws.send(json.dumps({"type": "hello", "nick": "ann"}))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert reply["nick"] == "ann"
+            await asyncio.gather(ws.close(), bob.ws.close())
+
+    run(main)
+
+
+@pytest.fixture
+def secret_file(tmp_path: Any) -> Any:
+    path = tmp_path / "secret"
+    path.write_bytes(SECRET)
+    return path
+
+
+SECRET = b"a broker test secret, long enough for HS256"
+
+
+def test_an_operator_on_one_node_kicks_and_bans_a_user_on_the_other(
+    redis_server: RedisServer, secret_file: Any
+) -> None:
+    from rawchat.identity import Tokens
+
+    token = Tokens(SECRET).issue("op", 60, operator=True)
+
+    async def main() -> None:
+        config = {"broker": redis_server.url, "token_secret_file": secret_file}
+        async with serving(**config) as a, serving(**config) as b:
+            op, _, _ = await Chatter.hello(a, "op", token=token)
+            bob, _, _ = await Chatter.hello(b, "bob")
+            await op.arrival({"bob"})
+            await op.ws.send(json.dumps({"type": "kick", "room": "lobby", "nick": "bob"}))
+            kicked = await bob.next("kicked")
+            assert (kicked["room"], kicked["nick"], kicked["by"]) == ("lobby", "bob", "op")
+            left = await op.next("presence")
+            assert "bob" in left["left"]
+            await bob.say("am I still here?")
+            assert (await bob.next("error"))["code"] == "not_in_room"
+
+            await bob.ws.send(json.dumps({"type": "join", "room": "lobby"}))
+            await bob.next("joined", room="lobby")
+            await op.arrival({"bob"})
+            ban = {"type": "ban", "room": "lobby", "nick": "bob", "seconds": 60}
+            await op.ws.send(json.dumps(ban))
+            assert (await bob.next("banned"))["seconds"] == 60
+            # Node B enforces it: bob cannot come back there.
+            await bob.ws.send(json.dumps({"type": "join", "room": "lobby"}))
+            assert (await bob.next("error"))["code"] == "banned"
+            await asyncio.gather(op.ws.close(), bob.ws.close())
+
+    run(main)
+
+
+def test_a_delete_on_one_node_reaches_the_other_nodes_clients_and_the_shared_history(
+    redis_server: RedisServer, secret_file: Any
+) -> None:
+    from rawchat.identity import Tokens
+
+    token = Tokens(SECRET).issue("op", 60, operator=True)
+
+    async def main() -> None:
+        config = {"broker": redis_server.url, "token_secret_file": secret_file}
+        async with serving(**config) as a, serving(**config) as b:
+            op, _, _ = await Chatter.hello(a, "op", token=token)
+            bob, _, _ = await Chatter.hello(b, "bob")
+            await bob.say("keep this")
+            await bob.say("oops")
+            kept = await op.next("msg", text="keep this")
+            oops = await op.next("msg", text="oops")
+            await bob.next("msg", text="oops")
+            delete = {"type": "delete", "room": "lobby", "id": oops["id"]}
+            await op.ws.send(json.dumps(delete))
+            told = await bob.next("deleted")
+            assert (told["room"], told["id"], told["by"]) == ("lobby", oops["id"], "op")
+            # B's history lost it, and so did Redis's: a node that starts now
+            # loads the room without it.
+            cat, _, joined_b = await Chatter.hello(b, "cat")
+            async with serving(**config) as c:
+                dan, _, joined_c = await Chatter.hello(c, "dan")
+                for joined in (joined_b, joined_c):
+                    ids = [m["id"] for m in joined["history"]]
+                    assert kept["id"] in ids and oops["id"] not in ids
+                await dan.ws.close()
+            await asyncio.gather(op.ws.close(), bob.ws.close(), cat.ws.close())
+
+    run(main)
+
+
+def test_a_direct_message_reaches_its_recipient_on_another_node(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> None:
+        async with serving(broker=redis_server.url) as a, serving(broker=redis_server.url) as b:
+            ann, _, _ = await Chatter.hello(a, "ann")
+            bob, _, _ = await Chatter.hello(b, "bob")
+            await ann.ws.send(json.dumps({"type": "msg", "to": "Bob", "text": "psst", "cid": "d1"}))
+            got = await bob.next("msg", text="psst")
+            assert (got["nick"], got["to"]) == ("ann", "bob")
+            ack = await ann.next("msg", cid="d1")
+            assert (ack["id"], ack["text"]) == (got["id"], "psst")
+            await ann.ws.send(json.dumps({"type": "msg", "to": "nobody", "text": "?", "cid": "d2"}))
+            error = await ann.next("error")
+            assert (error["code"], error.get("cid")) == ("no_such_nick", "d2")
+            await asyncio.gather(ann.ws.close(), bob.ws.close())
+
+    run(main)
