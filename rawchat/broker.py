@@ -227,6 +227,9 @@ class Broker(Outbound):
         end = await r.incrby(x.PREFIX + "guests", GUEST_BLOCK)
         chat.guests = itertools.count(int(end) - GUEST_BLOCK + 1)
         await self._beat()
+        # Up from here: whatever changes after the snapshot below is queued for the
+        # writer (which starts after it), so nobody who comes meanwhile is missed.
+        self.up = True
         # Every node keeps the lobby loaded from the start: plain clients get no
         # history, so they must find it ready to deliver from their first moment.
         chat.room(m.DEFAULT_ROOM)
