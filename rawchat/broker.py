@@ -46,7 +46,6 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as redis
@@ -56,13 +55,12 @@ from redis.exceptions import RedisError
 
 from rawchat import crossnode as x
 from rawchat import messages as m
-from rawchat.crossnode import Arrivals, key
+from rawchat.crossnode import key
 from rawchat.identity import nick_key
 from rawchat.outbound import Outbound
 
 if TYPE_CHECKING:
     from rawchat.chat import Chat
-    from rawchat.rooms import Room
 
 log = logging.getLogger("rawchat.broker")
 
@@ -86,14 +84,10 @@ class Broker(Outbound):
         super().__init__(client, chat, secrets.token_hex(4), max(history, 1))
         self.url = url
         self.outages = 0
-        self.arrivals = Arrivals(chat, self.node)
         #: Set when the link is found broken outside its own tasks (see `_lose`).
         self._broken = asyncio.Event()
         self._why = ""
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
-        #: Rooms being loaded, and what arrived for them meanwhile.
-        self._loading: dict[str, list[dict[str, Any]]] = {}
         #: Set while Redis is reachable, and while it is not: for whoever must wait on either.
         self.connected = asyncio.Event()
         self.disconnected = asyncio.Event()
@@ -305,29 +299,6 @@ class Broker(Outbound):
                 await self.scripts.release(keys=nick_at, args=[node], client=pipe)
             await pipe.execute()
 
-    def load(self, room: Room) -> None:
-        if room.name in self._loading:
-            return
-        self._loading[room.name] = []
-        self._spawn(self._load(room))
-
-    async def _load(self, room: Room) -> None:
-        """Fill a room from Redis: counter, history and remote members, read in one MULTI."""
-        name = room.name
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.get(key("id", name))
-                pipe.xrevrange(key("history", name), count=self.history)
-                pipe.hgetall(key("members", name))
-                counter, entries, members = await pipe.execute()
-            buffered = self._loading.pop(name, [])
-            if self.chat.rooms.get(name) is room:
-                self.arrivals.loaded(room, counter, entries, members, buffered)
-        finally:
-            if not room.loaded:  # whatever went wrong, joins must not wait for ever
-                self._loading.pop(name, None)
-                self.chat.room_loaded(room)  # carry on with what this node has
-
     # -- what comes back from Redis -----------------------------------------------
 
     def _received(self, data: str) -> None:
@@ -339,18 +310,3 @@ class Broker(Outbound):
             buffer.append(message)
         else:
             self.arrivals.apply(message)
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(self._guard(work))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await work
-        except (RedisError, OSError) as exc:
-            log.debug("broker call failed: %s", exc)  # the link notices on its own
-        except Exception as exc:  # noqa: BLE001 - a fault of ours is a lost link too
-            if self.up:
-                log.error("broker task failed", exc_info=exc)
-                self._lose(f"{type(exc).__name__}: {exc}")

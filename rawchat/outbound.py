@@ -5,25 +5,30 @@ entry and publication; a nick's claim; a deletion from the shared history). They
 queued on the writer's pipeline like any command: one round trip for a whole burst.
 
 :class:`Outbound` is the half of rawchat.broker.Broker that the chat calls (the
-rawchat.rooms.Relay methods); the Broker adds the link's life cycle.
+rawchat.rooms.Relay methods: publications, and loading a room); the Broker adds the
+link's life cycle and what comes back on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as redis
+from redis.exceptions import RedisError
 
 from rawchat import messages as m
-from rawchat.crossnode import NODE_CHANNEL, NODE_KEY, Outgoing, encode, key
+from rawchat.crossnode import NODE_CHANNEL, NODE_KEY, Arrivals, Outgoing, encode, key
 
 if TYPE_CHECKING:
     from rawchat.chat import Chat
-    from rawchat.rooms import Letter, Session
+    from rawchat.rooms import Letter, Room, Session
+
+log = logging.getLogger("rawchat.broker")
 
 #: Publications that may wait for the writer. More means Redis is not keeping up:
 #: the link is dropped (and what waits is delivered here) rather than queue without end.
@@ -126,6 +131,11 @@ class Outbound:
         self._outgoing: deque[Outgoing] = deque()
         self._inflight: list[Outgoing] = []
         self._wake = asyncio.Event()
+        self.arrivals = Arrivals(chat, node)
+        #: Rooms being loaded, and what arrived for them meanwhile.
+        self._loading: dict[str, list[dict[str, Any]]] = {}
+        #: Room loads under way.
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def _lose(self, why: str) -> None:
         """The link is broken: go down now (the Broker reconnects)."""
@@ -170,6 +180,29 @@ class Outbound:
         fields.update(to=letter.to, text=letter.text, key=letter.key, kept=letter.kept)
         payload = encode({**fields, "node": self.node})
         self._queue(Outgoing("", payload, "direct", key=letter.key, then=lambda r: then(r or 0)))
+
+    def load(self, room: Room) -> None:
+        if room.name in self._loading:
+            return
+        self._loading[room.name] = []
+        self._spawn(self._load(room))
+
+    async def _load(self, room: Room) -> None:
+        """Fill a room from Redis: counter, history and remote members, read in one MULTI."""
+        name = room.name
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.get(key("id", name))
+                pipe.xrevrange(key("history", name), count=self.history)
+                pipe.hgetall(key("members", name))
+                counter, entries, members = await pipe.execute()
+            buffered = self._loading.pop(name, [])
+            if self.chat.rooms.get(name) is room:
+                self.arrivals.loaded(room, counter, entries, members, buffered)
+        finally:
+            if not room.loaded:  # whatever went wrong, joins must not wait for ever
+                self._loading.pop(name, None)
+                self.chat.room_loaded(room)  # carry on with what this node has
 
     def _queue(self, item: Outgoing) -> None:
         if self.up and len(self._outgoing) >= self.max_outgoing:
@@ -260,3 +293,18 @@ class Outbound:
             return 1
         pipe.publish(channel, item.payload)  # bin, mod
         return 1
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._guard(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except (RedisError, OSError) as exc:
+            log.debug("broker call failed: %s", exc)  # the link notices on its own
+        except Exception as exc:  # noqa: BLE001 - a fault of ours is a lost link too
+            if self.up:
+                log.error("broker task failed", exc_info=exc)
+                self._lose(f"{type(exc).__name__}: {exc}")
