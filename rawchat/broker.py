@@ -179,17 +179,11 @@ class Broker(Outbound):
         self._went_down(ConnectionError(why))
 
     def _went_down(self, exc: Exception) -> None:
-        expected = isinstance(exc, RedisError | OSError)
+        if not isinstance(exc, RedisError | OSError):  # a fault of our own: a bug
+            log.error("broker link failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
         if self.up:
             self.outages += 1
-            log.warning(
-                "broker lost (%s: %s): serving local clients only",
-                type(exc).__name__,
-                exc,
-                exc_info=None if expected else exc,
-            )
-        elif not expected:
-            log.error("broker link failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            log.warning("broker lost (%s): serving local clients only", exc)
         self.up = False
         self.connected.clear()
         self.disconnected.set()

@@ -306,7 +306,7 @@ def test_malformed_broker_payloads_are_ignored_and_the_link_stays_up(
 
 
 def test_an_unexpected_failure_of_a_broker_task_is_a_lost_link_that_heals(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
         async with serving(broker=redis_server.url) as a, serving(broker=redis_server.url) as b:
@@ -340,6 +340,11 @@ def test_an_unexpected_failure_of_a_broker_task_is_a_lost_link_that_heals(
                 await ws.close()
 
     run(main)
+    # A fault of rawchat's own is a bug, and logged as one (with its traceback);
+    # this one was made on purpose.
+    faults = [r for r in caplog.records if r.name == "rawchat.broker" and r.exc_info]
+    assert faults and all("injected fault" in r.getMessage() for r in faults)
+    caplog.clear()
 
 
 def test_a_stalled_redis_fills_the_bounded_queue_and_messages_still_arrive(
@@ -450,6 +455,11 @@ def test_an_operator_on_one_node_kicks_and_bans_a_user_on_the_other(
             await bob.ws.send(json.dumps({"type": "join", "room": "lobby"}))
             await bob.next("joined", room="lobby")
             await op.arrival({"bob"})
+            mute = {"type": "mute", "room": "lobby", "nick": "bob", "seconds": 60}
+            await op.ws.send(json.dumps(mute))
+            assert (await bob.next("muted"))["by"] == "op"
+            await bob.say("can anyone hear me?")
+            assert (await bob.next("error"))["code"] == "muted"
             ban = {"type": "ban", "room": "lobby", "nick": "bob", "seconds": 60}
             await op.ws.send(json.dumps(ban))
             assert (await bob.next("banned"))["seconds"] == 60
