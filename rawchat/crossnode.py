@@ -1,7 +1,8 @@
 """What rawchat nodes say to each other through Redis, and what a node does with it. No I/O.
 
-rawchat/broker.py owns the link (connecting, writing, listening, heartbeats); this module
-owns the words: the keys and Lua scripts, one :class:`Outgoing` per publication, the check
+rawchat/broker.py owns the link (connecting, listening, heartbeats) and rawchat/outbound.py
+what is sent (the queue, its writer, the Lua scripts); this module owns the words: the keys
+and channels, one :class:`Outgoing` per publication, the check
 that a payload from the broker is well formed (another node's bug, or anyone who can
 publish on the server, must cost a log line, never the link), and :class:`Arrivals`, which
 applies what other nodes published to this node's chat.

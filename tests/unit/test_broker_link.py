@@ -71,3 +71,15 @@ def test_malformed_payloads_cost_a_log_line_and_nothing_else() -> None:
         broker._received(payload)
     assert ann.read() == [] and broker.up
     assert ann.closes() == []
+
+
+def test_a_hello_waits_for_the_broker_and_is_welcomed_here_if_the_link_goes_down() -> None:
+    state, (ann,), broker = linked("ann")
+    bob = hello(state, ann.client.loop, "bob")
+    assert bob.read() == []  # the nick is being claimed on every node
+    bob.say(type="hello", nick="bob")
+    assert [m["code"] for m in bob.read()] == ["already_hello"]
+    broker._lose("test: Redis is gone")
+    welcome, joined = bob.read()[:2]
+    assert (welcome["type"], welcome["nick"], joined["type"]) == ("welcome", "bob", "joined")
+    assert not broker.up and broker.outages == 1
