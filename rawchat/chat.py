@@ -20,6 +20,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 
 from rawchat import frames, identity, replies
 from rawchat import messages as m
@@ -41,6 +42,8 @@ MAX_MEMBERS_LISTED = 200
 
 #: Who sent a message that went through the broker: its outbox, and its cid if any.
 Sender = tuple[Outbox, str | None]
+#: What a nick claim is told once the broker answers: whether another node holds the nick.
+Answer = Callable[[bool], None]
 
 
 class Chat:
@@ -195,15 +198,11 @@ class Chat:
         if len(hello.rooms) > self.max_rooms:
             raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
         self.moderation.admit(session, hello)  # its token, if any
-        try:
-            self._claim_nick(session, hello.nick)
+        try:  # with a broker, the welcome waits for its word: nicks are unique on every node
+            self._claim_nick(session, hello.nick, partial(self._welcome, session, hello))
         except m.ProtocolError:
             session.seat = GUEST
             raise
-        if self.relay is not None and self.relay.up:  # unique on every node: ask first
-            self.relay.claim(session, lambda taken: self._welcome(session, hello, taken))
-        else:
-            self._welcome(session, hello, taken=False)
 
     def _welcome(self, session: Session, hello: m.Hello, taken: bool) -> None:
         if self.nicks.get(session.key) is not session:
@@ -285,8 +284,6 @@ class Chat:
         if nick == old:
             return
         self._claim_nick(session, nick)
-        if self.relay is not None and self.relay.up:  # taken on another node too? this one yields
-            self.relay.claim(session, lambda taken: self._taken(session, nick, taken))
         for room in session.rooms.values():
             self.presence.rename(room, old, nick)
             if self.relay is not None and self.relay.up:
@@ -337,7 +334,7 @@ class Chat:
 
     # -- membership -----------------------------------------------------------
 
-    def _claim_nick(self, session: Session, nick: str) -> None:
+    def _claim_nick(self, session: Session, nick: str, then: Answer | None = None) -> None:
         identity.check_nick(nick)  # no look-alike nicks
         key = identity.nick_key(nick)  # NFKC + casefold
         self.moderation.may_take(session, key)  # reserved nicks
@@ -354,11 +351,16 @@ class Chat:
         self.nicks[key] = session
         session.nick = nick
         session.key = key
+        if self.relay is not None and self.relay.up:  # and on every node: the broker says
+            self.relay.claim(session, then or (lambda taken: self._taken(session, nick, taken)))
+        elif then is not None:
+            then(False)
 
-    def _taken(self, session: Session, nick: str, taken: bool) -> None:
+    def _taken(self, session: Session, nick: str, taken: bool) -> None:  # yields to another node
         if taken and session.nick == nick:
             self._rename(session, self._guest_nick())
-            self.send(session, replies.encode_error("nick_taken", f"{nick} is taken"))
+            if not session.plain:
+                self.send(session, replies.encode_error("nick_taken", f"{nick} is taken"))
 
     def room(self, name: str) -> Room:
         """The room called ``name``, made (and, with a broker, loaded) if need be."""
