@@ -20,6 +20,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 
 from rawchat import frames, identity, replies
 from rawchat import messages as m
@@ -41,6 +42,8 @@ MAX_MEMBERS_LISTED = 200
 
 #: Who sent a message that went through the broker: its outbox, and its cid if any.
 Sender = tuple[Outbox, str | None]
+#: What a nick claim is told once the broker answers: whether another node holds the nick.
+Answer = Callable[[bool], None]
 
 
 class Chat:
@@ -111,10 +114,12 @@ class Chat:
         self.presence.stop()
 
     def disconnect(self, session: Session) -> None:
-        for room in list(session.rooms.values()):
-            self.exit_room(session, room)
         if session.key and self.nicks.get(session.key) is session:
             del self.nicks[session.key]
+            if self.relay is not None and self.relay.up:  # before the leave: see docs/broker.md
+                self.relay.release(session.key)
+        for room in list(session.rooms.values()):
+            self.exit_room(session, room)
         self.hub.drop(session.outbox)
 
     # -- what clients say ---------------------------------------------------
@@ -188,16 +193,25 @@ class Chat:
             self.moderation.handle(self, session, message)
 
     def _hello(self, session: Session, hello: m.Hello) -> None:
-        if session.greeted:
+        if session.greeted or session.key:  # accepted, or waiting for the broker's word
             raise m.ProtocolError("already_hello", "hello was already accepted")
         if len(hello.rooms) > self.max_rooms:
             raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
         self.moderation.admit(session, hello)  # its token, if any
-        try:
-            self._claim_nick(session, hello.nick)
+        try:  # with a broker, the welcome waits for its word: nicks are unique on every node
+            self._claim_nick(session, hello.nick, partial(self._welcome, session, hello))
         except m.ProtocolError:
             session.seat = GUEST
             raise
+
+    def _welcome(self, session: Session, hello: m.Hello, taken: bool) -> None:
+        if self.nicks.get(session.key) is not session:
+            return  # gone while the broker was asked
+        if taken:
+            del self.nicks[session.key]
+            session.key = session.nick = ""  # its seat goes with its next hello
+            self.send(session, replies.encode_error("nick_taken", f"{hello.nick} is taken"))
+            return
         session.greeted = True
         welcome = replies.encode_welcome(
             f"s{next(self._sessions)}",
@@ -318,33 +332,9 @@ class Chat:
         if room.plain:
             self.hub.broadcast(frames.message(text), room.plain)
 
-    def relayed_presence(
-        self, room: Room, event: str, nick: str, old: str | None, node: str
-    ) -> None:
-        """A member of ``room`` on another node came, went or changed nick."""
-        if event == "join":
-            if room.remote.get(nick) == node:
-                return  # known already: the room's load and the event crossed
-            room.remote[nick] = node
-        elif event == "leave":
-            if room.remote.get(nick) != node:
-                return
-            del room.remote[nick]
-        elif old is not None and room.remote.get(old) == node:
-            del room.remote[old]
-            room.remote[nick] = node
-        else:
-            return
-        if event == "join":
-            self.presence.join(room, nick)
-        elif event == "leave":
-            self.presence.leave(room, nick)
-        elif old is not None:
-            self.presence.rename(room, old, nick)
-
     # -- membership -----------------------------------------------------------
 
-    def _claim_nick(self, session: Session, nick: str) -> None:
+    def _claim_nick(self, session: Session, nick: str, then: Answer | None = None) -> None:
         identity.check_nick(nick)  # no look-alike nicks
         key = identity.nick_key(nick)  # NFKC + casefold
         self.moderation.may_take(session, key)  # reserved nicks
@@ -356,9 +346,21 @@ class Chat:
             self._rename(holder, self._guest_nick())
         if session.key and session.key != key:
             del self.nicks[session.key]
+            if self.relay is not None and self.relay.up:
+                self.relay.release(session.key)
         self.nicks[key] = session
         session.nick = nick
         session.key = key
+        if self.relay is not None and self.relay.up:  # and on every node: the broker says
+            self.relay.claim(session, then or (lambda taken: self._taken(session, nick, taken)))
+        elif then is not None:
+            then(False)
+
+    def _taken(self, session: Session, nick: str, taken: bool) -> None:  # yields to another node
+        if taken and session.nick == nick:
+            self._rename(session, self._guest_nick())
+            if not session.plain:
+                self.send(session, replies.encode_error("nick_taken", f"{nick} is taken"))
 
     def room(self, name: str) -> Room:
         """The room called ``name``, made (and, with a broker, loaded) if need be."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from rawchat import frames, replies
 from rawchat import messages as m
 from rawchat.identity import nick_key
+from rawchat.rooms import Letter
 
 if TYPE_CHECKING:
     from rawchat.rooms import Session, Venue
@@ -46,13 +47,24 @@ class DirectMessages:
         self._ids = itertools.count(1)
 
     def send(self, chat: Venue, session: Session, message: m.Direct) -> None:
-        target = chat.nicks.get(nick_key(message.to))
-        if target is None or target.plain or not target.greeted:
-            raise m.ProtocolError("no_such_nick", f"nobody is called {message.to}", message.cid)
+        key = nick_key(message.to)
+        target = chat.nicks.get(key)
         if target is session:
             raise m.ProtocolError("no_such_nick", "write to someone else", message.cid)
         # One id counter for all conversations: ids grow, per conversation with gaps.
         id, ts = next(self._ids), self.clock()
+        relay = chat.relay
+        if target is None and relay is not None and relay.up:
+            # Perhaps on another node: the broker finds it, and says whether it did.
+            letter = Letter(
+                id, ts, session.nick, message.to, message.text, key, bool(session.seat.key)
+            )
+            relay.direct(
+                letter, lambda reached: self._sent(chat, session, letter, message.cid, reached)
+            )
+            return
+        if target is None or target.plain or not target.greeted:
+            raise m.ProtocolError("no_such_nick", f"nobody is called {message.to}", message.cid)
         encoded = replies.encode_direct(id, ts, session.nick, target.nick, message.text)
         chat.hub.send(target.outbox, frames.message(encoded))
         own = encoded
@@ -61,14 +73,47 @@ class DirectMessages:
                 id, ts, session.nick, target.nick, message.text, message.cid
             )
         chat.hub.send(session.outbox, frames.message(own))
-        if session.seat.key and target.seat.key and self.keep:
-            pair = tuple(sorted((session.seat.key, target.seat.key)))
-            kept = self.kept.get((pair[0], pair[1]))
-            if kept is None:
-                if len(self.kept) >= MAX_CONVERSATIONS:
-                    del self.kept[next(iter(self.kept))]
-                kept = self.kept[(pair[0], pair[1])] = deque(maxlen=self.keep)
-            kept.append(encoded)
+        if session.seat.key and target.seat.key:
+            self._keep(session.seat.key, target.seat.key, encoded)
+
+    def _sent(
+        self, chat: Venue, session: Session, letter: Letter, cid: str | None, reached: int
+    ) -> None:
+        """The broker's word on a direct message for another node: 0 nobody holds the
+        nick, 1 a guest does, 2 a token holder does."""
+        if not reached:
+            error = replies.encode_error("no_such_nick", f"nobody is called {letter.to}", cid)
+            chat.send(session, error)
+            return
+        text = letter.text
+        chat.send(
+            session, replies.encode_direct(letter.id, letter.ts, letter.nick, letter.to, text, cid)
+        )
+        if reached == 2 and session.seat.key:
+            encoded = replies.encode_direct(letter.id, letter.ts, letter.nick, letter.to, text)
+            self._keep(session.seat.key, letter.key, encoded)
+
+    def received(self, chat: Venue, letter: Letter) -> None:
+        """A direct message from another node, for someone here (if still here)."""
+        target = chat.nicks.get(letter.key)
+        if target is None or target.plain or not target.greeted:
+            return  # gone since the broker looked: the sender was answered already
+        encoded = replies.encode_direct(letter.id, letter.ts, letter.nick, target.nick, letter.text)
+        chat.hub.send(target.outbox, frames.message(encoded))
+        if letter.kept and target.seat.key:
+            self._keep(nick_key(letter.nick), target.seat.key, encoded)
+
+    def _keep(self, one: str, other: str, encoded: str) -> None:
+        """Keep a message between two token holders (named by nick key)."""
+        if not self.keep:
+            return
+        pair = (one, other) if one <= other else (other, one)
+        kept = self.kept.get(pair)
+        if kept is None:
+            if len(self.kept) >= MAX_CONVERSATIONS:
+                del self.kept[next(iter(self.kept))]
+            kept = self.kept[pair] = deque(maxlen=self.keep)
+        kept.append(encoded)
 
     def history(self, chat: Venue, session: Session, peer: str) -> None:
         """Answer ``direct``: the kept messages with ``peer`` (none for a guest)."""

@@ -217,30 +217,39 @@ class Moderation:
         target = chat.nicks.get(key)
         room = chat.rooms.get(message.room)
         present = target is not None and room is not None and target.rooms.get(room.name) is room
-        if message.action == "kick" and not present:
+        relay = chat.relay if chat.relay is not None and chat.relay.up else None
+        # With a broker the target may be in the room on another node.
+        elsewhere = room is not None and any(nick_key(nick) == key for nick in room.remote)
+        if message.action == "kick" and not (present or elsewhere):
             raise m.ProtocolError("no_such_nick", f"{message.nick} is not in {message.room}")
+        detail = f" for {message.seconds}s" if message.action != "kick" else ""
+        reason = f": {message.reason}" if message.reason else ""
+        self._done(message.action, session, message.nick, message.room, detail + reason)
+        self.enforce(chat, message, session.nick)
+        if room is None or session.rooms.get(room.name) is not room:
+            chat.send(session, _told(message, session.nick))  # the moderator hears it anyway
+        if relay is not None:
+            relay.moderate(message, session.nick)  # every other node enforces it too
+
+    def enforce(self, chat: Venue, message: m.Moderate, by: str) -> None:
+        """Apply a kick, mute or ban on this node (taken here, or on another node):
+        the penalty, the room told, the target removed if it is here."""
+        key = nick_key(message.nick)
+        target = chat.nicks.get(key)
         if message.action == "mute":
             self.mutes.set(message.room, key, message.seconds)
         elif message.action == "ban":
             self.bans.set(message.room, key, message.seconds)
             if target is not None and target.seat is GUEST:
                 self.address_bans.set(message.room, target.connection.address, message.seconds)
-        detail = f" for {message.seconds}s" if message.action != "kick" else ""
-        reason = f": {message.reason}" if message.reason else ""
-        self._done(message.action, session, message.nick, message.room, detail + reason)
-        told = replies.encode_moderated(
-            message.action,
-            message.room,
-            message.nick,
-            session.nick,
-            message.seconds,
-            message.reason,
-        )
+        room = chat.rooms.get(message.room)
+        if room is None:
+            return
         # The target hears it too, before it leaves: that is how it learns why.
-        self._tell(chat, session, message.room, told)
+        chat.hub.broadcast(frames.message(_told(message, by)), room.v1)
         removes = message.action == "kick" or (message.action == "ban" and message.seconds > 0)
-        if present and removes and target is not None:
-            self._remove(chat, target, message.room)
+        if removes and target is not None and target.rooms.get(room.name) is room:
+            self._remove(chat, target, room.name)
 
     def _tell(self, chat: Venue, session: Session, name: str, text: str) -> None:
         """Tell a room what a moderator did; the moderator hears it even from outside."""
@@ -266,6 +275,17 @@ class Moderation:
         self._tell(
             chat, session, room.name, replies.encode_deleted(room.name, message.id, session.nick)
         )
+        if chat.relay is not None and chat.relay.up:
+            # Out of the shared history too, and out of every other node's.
+            chat.relay.delete(room.name, message.id, session.nick)
+
+    def deleted(self, chat: Venue, name: str, id: int, by: str) -> None:
+        """Another node deleted message ``id`` of room ``name``."""
+        room = chat.rooms.get(name)
+        if room is not None:
+            room.history.delete(id)
+            # Told even if this node's history had dropped it: clients may still show it.
+            chat.hub.broadcast(frames.message(replies.encode_deleted(name, id, by)), room.v1)
 
     def _owner(self, chat: Venue, session: Session, message: m.Owner) -> None:
         if session.seat.role is not Role.OPERATOR:
@@ -278,3 +298,10 @@ class Moderation:
         self._done("owner", session, message.nick, message.room, f" = {message.owner}")
         told = replies.encode_owner(message.room, message.nick, message.owner, session.nick)
         self._tell(chat, session, message.room, told)
+
+
+def _told(message: m.Moderate, by: str) -> str:
+    """What a room is told of a kick, mute or ban."""
+    return replies.encode_moderated(
+        message.action, message.room, message.nick, by, message.seconds, message.reason
+    )

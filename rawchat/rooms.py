@@ -8,9 +8,11 @@ nodes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
+from rawchat import messages as m
 from rawchat.history import History
 from rawchat.hub import Hub, Outbox
 from rawchat.identity import GUEST, Seat
@@ -76,6 +78,35 @@ class Relay(Protocol):
 
     def load(self, room: Room) -> None: ...
 
+    def claim(self, session: Session, then: Callable[[bool], None]) -> None:
+        """Hold ``session``'s nick on every node; ``then(taken)`` once the broker answers."""
+
+    def release(self, key: str) -> None: ...
+
+    def moderate(self, action: m.Moderate, by: str) -> None:
+        """A kick, mute or ban taken here, for every other node to enforce."""
+
+    def delete(self, room: str, id: int, by: str) -> None: ...
+
+    def direct(self, letter: Letter, then: Callable[[int], None]) -> None:
+        """Send a direct message to whichever node holds ``letter.key``; ``then(reached)``:
+        0 nobody, 1 a guest, 2 a token holder."""
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """A direct message on its way to another node."""
+
+    id: int
+    ts: float
+    nick: str
+    to: str
+    text: str
+    #: The recipient's nick key.
+    key: str
+    #: Whether the sender holds a token (the message is kept when both do).
+    kept: bool
+
 
 class Venue(Protocol):
     """What moderation and direct messages ask of the chat (rawchat.chat.Chat)."""
@@ -83,6 +114,7 @@ class Venue(Protocol):
     hub: Hub
     #: Nick key -> the session holding it.
     nicks: dict[str, Session]
+    relay: Relay | None
 
     @property
     def rooms(self) -> Mapping[str, Room]: ...

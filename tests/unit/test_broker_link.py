@@ -1,0 +1,85 @@
+"""The broker's bookkeeping on the objects alone: a real Chat and Broker, no Redis reached."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rawchat.broker import Broker
+from tests.unit.fakes import make_state
+from tests.unit.test_chat import V1, hello
+
+
+def linked(*nicks: str) -> tuple[Any, list[V1], Broker]:
+    """Clients in the lobby of a chat whose broker is up (from now on) but whose writer
+    never runs: Redis answers nothing."""
+    state, loop = make_state()
+    clients = [hello(state, loop, nick) for nick in nicks]
+    for client in clients:
+        client.read()
+    broker = Broker("redis://127.0.0.1:1/0", state.chat, 100)
+    state.chat.relay = broker
+    broker.up = True
+    return state, clients, broker
+
+
+def texts(client: V1) -> list[str]:
+    return [m["text"] for m in client.read() if m["type"] == "msg"]
+
+
+def test_a_full_outgoing_queue_drops_the_link_and_delivers_here_in_order() -> None:
+    state, (ann, amy), broker = linked("ann", "amy")
+    broker.max_outgoing = 4
+    for i in range(10):
+        ann.say(type="msg", room="lobby", text=f"m{i}", cid=f"c{i}")
+    assert texts(amy) == [f"m{i}" for i in range(10)]
+    acks = [m for m in ann.read() if m["type"] == "msg"]
+    assert [m.get("cid") for m in acks] == [f"c{i}" for i in range(10)]
+    assert not broker.up and broker.outages == 1
+    assert len(broker._outgoing) == 0 and state.chat.awaiting_echo == {}
+
+
+def test_the_echo_of_a_message_is_forgotten_even_when_it_is_not_delivered() -> None:
+    state, (ann,), broker = linked("ann")
+    ann.say(type="msg", room="lobby", text="hi", cid="c1")
+    (token,) = state.chat.awaiting_echo
+    # It comes back with an id the room already has (a reload overlapped it).
+    state.chat.rooms["lobby"].history.last_id = 5
+    fields = {"k": "msg", "room": "lobby", "id": 5, "ts": 1.0, "nick": "ann", "text": "hi"}
+    broker._received(json.dumps({**fields, "node": broker.node, "tok": token}))
+    assert state.chat.awaiting_echo == {}
+    # And for a room this node no longer has.
+    ann.say(type="msg", room="lobby", text="again", cid="c2")
+    (token,) = state.chat.awaiting_echo
+    fields.update(room="gone", id=6)
+    broker._received(json.dumps({**fields, "node": broker.node, "tok": token}))
+    assert state.chat.awaiting_echo == {}
+
+
+def test_malformed_payloads_cost_a_log_line_and_nothing_else() -> None:
+    state, (ann,), broker = linked("ann")
+    for payload in (
+        "not json",
+        "[1]",
+        '{"k":"msg","room":"lobby"}',
+        '{"k":"msg","room":"lobby","id":"7","ts":1,"nick":"x","text":"t","tok":1,"node":"n"}',
+        '{"k":"presence","room":"lobby","event":"dance","nick":"x","old":null,"node":"n"}',
+        '{"k":"mod","room":"lobby","action":"kick","nick":"ann","by":"x","node":"n"}',
+        '{"k":"bin","room":"lobby","data":"zz","node":"n"}',
+        '{"k":"del","room":"lobby","id":true,"by":"x","node":"n"}',
+    ):
+        broker._received(payload)
+    assert ann.read() == [] and broker.up
+    assert ann.closes() == []
+
+
+def test_a_hello_waits_for_the_broker_and_is_welcomed_here_if_the_link_goes_down() -> None:
+    state, (ann,), broker = linked("ann")
+    bob = hello(state, ann.client.loop, "bob")
+    assert bob.read() == []  # the nick is being claimed on every node
+    bob.say(type="hello", nick="bob")
+    assert [m["code"] for m in bob.read()] == ["already_hello"]
+    broker._lose("test: Redis is gone")
+    welcome, joined = bob.read()[:2]
+    assert (welcome["type"], welcome["nick"], joined["type"]) == ("welcome", "bob", "joined")
+    assert not broker.up and broker.outages == 1
