@@ -288,7 +288,7 @@ async def history_join(spec: ServerSpec, load: Load, pin: bool) -> Result:
                                          "rawchat.v1")
                 joiner.keep = True
                 joiner.send(hello(f"joiner{i}"))
-                await until(lambda j=joiner: j.types["joined"] > 0 or j.lost, 10.0)
+                await until(lambda j=joiner: j.types["joined"] > 0 or j.lost, 10.0)  # type: ignore[misc]
                 kinds = [k for k, _, _ in joiner.log[:2]]
                 if kinds == ["welcome", "joined"]:
                     outcomes["welcome then joined"] += 1
