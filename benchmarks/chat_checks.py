@@ -45,7 +45,7 @@ from benchmarks.frames import (
 )
 from benchmarks.report import Result
 from benchmarks.rig import Load, RssSampler
-from benchmarks.servers import ServerProcess, ServerSpec, eviction_metrics
+from benchmarks.servers import ServerProcess, ServerSpec, eviction_metrics, machine_busy_seconds
 
 OP_TEXT, OP_PONG = 0x1, 0xA
 #: Enough of a frame's payload to tell a rawchat.v1 reply's type.
@@ -330,6 +330,7 @@ async def v1_join(spec: ServerSpec, load: Load, pin: bool) -> Result:
     try:
         started = time.perf_counter()
         cpu0 = server.cpu_seconds()
+        tool0, machine0 = time.process_time(), machine_busy_seconds()
         refused: Counter[str] = Counter()
 
         async def worker(indexes: range) -> None:
@@ -354,6 +355,9 @@ async def v1_join(spec: ServerSpec, load: Load, pin: bool) -> Result:
             # Let the last presence ticks go out before counting who was closed.
             await asyncio.sleep(0.5)
         join_cpu = server.cpu_seconds() - cpu0
+        join_wall = time.perf_counter() - started
+        tool_cpu = time.process_time() - tool0
+        other = (machine_busy_seconds() - machine0) - tool_cpu - join_cpu
         scraped = server.scrape_metrics() or {}
         closed_while_joining = codes(clients)
         frames_before = sum(c.texts for c in clients)
@@ -380,6 +384,8 @@ async def v1_join(spec: ServerSpec, load: Load, pin: bool) -> Result:
         "closed_while_joining": closed_while_joining,
         **eviction_metrics(scraped),
         "server_cpu_join_s": round(join_cpu, 2),
+        "tool_cpu_pct": round(100 * tool_cpu / join_wall, 1),
+        "other_cpu_pct": round(max(0.0, 100 * other / join_wall), 1),
         "server_rss_peak_mb": round(rss.peak / 2**20, 1),
         "frames_per_client_mean": round(frames_before / max(1, len(clients)), 1),
         "presence_frames_per_client_mean": round(
