@@ -71,6 +71,7 @@ LOAD_FIELDS: list[tuple[str, Callable[[str], Any], str]] = [
     ("slow_share", float, "slow: share of clients that stop reading"),
     ("rcvbuf", int, "slow: SO_RCVBUF of the clients that stop reading"),
     ("workers", int, "workers: rawchat processes joined through Redis (against 1)"),
+    ("burst", int, "plain-burst, v1-burst, history-join: messages sent in one write"),
 ]
 #: rawchat counters read from /metrics after a run (not after idle or connect).
 SCRAPED = {

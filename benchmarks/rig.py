@@ -62,6 +62,8 @@ class Load:
     rcvbuf: int = 4096
     # workers: rawchat processes joined through Redis, against one.
     workers: int = 2
+    #: plain-burst, v1-burst, history-join: messages one client sends in one write.
+    burst: int = 20
 
 
 @dataclass

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from benchmarks.abuse import abuse
+from benchmarks.chat_checks import CHECKS
 from benchmarks.client import BenchClient, RunState, close_all, connect_many
 from benchmarks.report import Result, last_metric
 from benchmarks.rig import BUSY_MACHINE_PCT, SATURATED, Load, Rig, RssSampler, StatusLine
@@ -615,6 +616,7 @@ SCENARIOS: dict[str, Scenario] = {
 #: Scenarios that start their own servers: ``python -m benchmarks NAME``, not in --compare.
 SELF_MANAGED: dict[str, Callable[[ServerSpec, Load, bool], Awaitable[Result]]] = {
     "workers": workers,
+    **CHECKS,  # the chat checks of benchmarks.chat_checks
 }
 
 #: Scenario defaults that differ from :class:`Load`'s.
@@ -637,6 +639,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                   "sample_every": 1, "warmup": 0.0},
     # Per configuration: fixed-rate window, then at most a minute of stepping.
     "workers": {"max_seconds": 60.0},
+    "plain-burst": {"clients": 50, "burst": 20},
+    "v1-burst": {"burst": 120},
+    # 19 messages of 60 KB (issue 15's lobby), then 5 joiners one after another.
+    "history-join": {"clients": 5, "burst": 19, "size": 60_000},
+    # duration: how long to wait for the last joined once everyone is connected.
+    "v1-join": {"clients": 10_000, "duration": 20.0},
 }
 
 

@@ -16,10 +16,12 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 import venv
 from collections import Counter
 from pathlib import Path
 
+from benchmarks import report
 from benchmarks.servers import ServerProcess, ServerSpec
 
 HERE = Path(__file__).resolve().parent
@@ -109,6 +111,10 @@ def main(argv: list[str]) -> int:
                         help="rawchat: at its default limits, with them lifted, or both")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--show-failed", type=int, default=10, help="failed cases listed")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for rawchat, e.g. --server-arg=--max-message=16M")
+    parser.add_argument("--no-save", action="store_true",
+                        help="don't append the result to benchmarks/results/results.jsonl")
     args = parser.parse_args(argv)
     python = ensure_venv()
     include, exclude = case_globs(args.cases), case_globs(args.exclude)
@@ -118,9 +124,19 @@ def main(argv: list[str]) -> int:
         runs = [r for r in runs if args.limits in ("both", r[0].split()[0])]
     status = 0
     for label, extra in runs:
-        spec = ServerSpec.parse(args.server, extra)
+        spec = ServerSpec.parse(args.server, extra + tuple(args.server_arg))
+        started = time.time()
         results = run_cases(python, spec, include, exclude, args.timeout)
         failed = [r for r in results if not r["passed"]]
+        if not args.no_save:
+            report.append(report.Result(
+                "autobahn", spec.label,
+                {"cases": args.cases, "exclude": args.exclude, "limits": label or None,
+                 "server_args": list(spec.extra_args)},
+                {"passed": len(results) - len(failed), "failed": len(failed),
+                 "sections": summary(results),
+                 "failed_cases": [f"{r['case']} {r['behavior']}/{r['close']}" for r in failed]},
+                started=started))
         print(f"\n== autobahn {args.cases} on {spec.label} {label}: "
               f"{len(results) - len(failed)} passed, {len(failed)} failed ==")
         for section, counts in summary(results).items():

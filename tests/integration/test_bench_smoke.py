@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks.abuse import abuse
 from benchmarks.autobahn import case_globs
+from benchmarks.chat_checks import CHECKS
 from benchmarks.client import STAMPED, BenchClient, RunState
 from benchmarks.frames import (
     HANDSHAKE_ACCEPT,
@@ -381,3 +382,29 @@ def test_node_ws_peer_relays_every_message_to_everyone() -> None:
 def test_autobahn_case_selection() -> None:
     assert case_globs("1-3,10") == ["1.*", "2.*", "3.*", "10.*"]
     assert case_globs("9") == ["9.*"] and case_globs("9.1.1") == ["9.1.1"]
+
+
+def test_chat_checks_count_every_line_message_and_join() -> None:
+    """Small runs of the chat checks: every count is what the chat must deliver."""
+    spec = ServerSpec.parse("rawchat-asyncio")
+
+    def run(name: str, **load: Any) -> dict[str, Any]:
+        check = CHECKS[name]
+        result = asyncio.run(check(spec, load_for(name, status=False, **load), False))
+        return result.metrics
+
+    plain = run("plain-burst", clients=5, burst=7)
+    assert plain["lines_expected"] == 5 * 12 and plain["lines_delivered"] == 60
+    assert plain["all_delivered"] and plain["close_codes"] == {}
+    burst = run("v1-burst", burst=30)
+    assert burst["delivered_to_sender"] == burst["delivered_to_watcher"] == 30
+    assert burst["errors_to_sender"] == 0
+    history = run("history-join", clients=2, burst=3, size=1000)
+    assert history["history_posted"] == 3
+    assert history["outcomes"] == {"welcome then joined": 2}
+    # The joined frame carries the three messages of history.
+    assert history["joined_frame_bytes"] > 3 * 1000
+    join = run("v1-join", clients=40, concurrency=8, duration=5.0)
+    assert join["connected"] == join["joined"] == 40 and join["all_joined"]
+    assert join["sigterm_exit_code"] == 0 and join["sigterm_exit_s"] is not None
+    assert join["close_codes_after_sigterm"] == {"1001": 40}
