@@ -1,0 +1,91 @@
+// What the page knows, free of the DOM and the network: the session, the rooms, and the
+// small rules (nick length, room names, sizes) the page checks before asking the server.
+
+export const DEFAULT_ROOM = "lobby";
+export const MAX_NICK = 32;
+export const ROOM_RE = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$/;
+const NICK_KEY = "rawchat.nick";
+
+export const state = {
+  wantedNick: "", // what the user asked for
+  nick: "", // what the server accepted, or the variant we are about to offer
+  welcomedNick: "", // nick of the last welcome: the one our own ghost may still hold
+  nickBefore: null, // set while a nick change awaits the server's verdict
+  usingVariant: false,
+  paused: false, // no nick the server accepts: stop reconnecting until the user picks one
+  epoch: null, // epoch of the last welcome: a different one means the server restarted
+  maxText: Infinity,
+  maxBytes: Infinity, // largest whole JSON message the server reads, in UTF-8 bytes
+  maxRooms: Infinity,
+  welcomed: false,
+  welcomedAt: 0,
+  connection: 0, // counts sockets, so a message knows which connection it was sent on
+  ghostRetries: 0,
+  variant: 1,
+  rooms: new Map(), // name -> room, in the order joined
+  current: null,
+  joinWanted: null, // room to switch to once its `joined` arrives
+  focusComposer: false,
+};
+
+const cidPrefix = Math.random().toString(36).slice(2, 8);
+let cidCounter = 0;
+
+/** The cid the next message would get, and its sequence number; see takeCid. */
+export function peekCid() {
+  return { cid: `${cidPrefix}-${cidCounter + 1}`, seq: cidCounter + 1 };
+}
+
+export function takeCid() {
+  cidCounter += 1;
+}
+
+export function codePoints(text) {
+  return Array.from(text).length;
+}
+
+export function validNick(nick) {
+  return nick.length > 0 && codePoints(nick) <= MAX_NICK;
+}
+
+export function encodedSize(message) {
+  return new TextEncoder().encode(JSON.stringify(message)).length;
+}
+
+export function loadNick() {
+  try {
+    return localStorage.getItem(NICK_KEY) || "";
+  } catch {
+    return "";
+  }
+}
+
+export function saveNick(nick) {
+  try {
+    localStorage.setItem(NICK_KEY, nick);
+  } catch {
+    // Storage can be off (private mode); the nick then lasts as long as the page.
+  }
+}
+
+/** A room's data; `nodes` are its parts of the page, made by the view. */
+export function newRoom(name, nodes) {
+  return {
+    name,
+    ...nodes,
+    joined: false,
+    lastId: null,
+    seen: new Set(),
+    generation: 0,
+    justRestarted: false,
+    members: new Set(),
+    pending: new Map(),
+    unread: 0,
+    stuck: true,
+    scrollTop: 0,
+  };
+}
+
+export function currentRoom() {
+  return state.rooms.get(state.current);
+}
