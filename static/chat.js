@@ -4,6 +4,7 @@
 
 import { link } from "./connection.js";
 import { submitText } from "./outbox.js";
+import { loadOlder, next } from "./paging.js";
 import { ERROR_TEXT, askForNick, dispatch, onClose, sendHello, start } from "./protocol.js";
 import { MAX_NICK, ROOM_RE, currentRoom, loadNick, saveNick, state, validNick } from "./state.js";
 import {
@@ -18,6 +19,7 @@ import {
   setStatus,
   showJoinHint,
   switchRoom,
+  hooks,
   ui,
 } from "./view.js";
 
@@ -27,6 +29,8 @@ link.onClose = onClose;
 link.onStatus = setStatus;
 link.onWrongProtocol = () => notify("This server does not speak rawchat.v1.");
 link.paused = () => state.paused;
+hooks.roomShown = (room) => next(room);
+hooks.loadOlder = loadOlder;
 
 ui.loginForm.addEventListener("submit", (event) => {
   event.preventDefault();

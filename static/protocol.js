@@ -3,6 +3,7 @@
 
 import { link } from "./connection.js";
 import { acknowledge, failByCid, failOldestOutstanding, failOutstanding, flushPending } from "./outbox.js";
+import { afterJoined, onHistory, renderOlder } from "./paging.js";
 import { DEFAULT_ROOM, MAX_NICK, state } from "./state.js";
 import {
   addEvent,
@@ -62,6 +63,8 @@ export function dispatch(message) {
       return onMsg(message);
     case "presence":
       return onPresence(message);
+    case "history":
+      return onHistory(message);
     case "error":
       return onError(message);
     default:
@@ -76,7 +79,10 @@ export function onClose(event) {
     failOutstanding(`the server refused it (close ${event.code})`);
   }
   state.welcomed = false;
-  for (const room of state.rooms.values()) setJoined(room, false);
+  for (const room of state.rooms.values()) {
+    room.request = null; // its answer is lost with the connection
+    setJoined(room, false);
+  }
 }
 
 function onWelcome(message) {
@@ -102,6 +108,9 @@ function onWelcome(message) {
       room.lastId = null;
       room.seen.clear();
       room.generation += 1;
+      room.more = false;
+      room.gap = null;
+      renderOlder(room);
       for (const item of room.list.querySelectorAll(".msg:not(.pending)")) {
         item.classList.add("stale");
       }
@@ -120,12 +129,15 @@ function onJoined(message) {
   const name = String(message.room);
   let room = state.rooms.get(name);
   if (!room) room = addRoom(name);
-  const resuming = room.lastId !== null;
+  const resumedFrom = room.lastId;
+  const resuming = resumedFrom !== null;
   const history = Array.isArray(message.history) ? message.history : [];
   if (resuming && message.truncated) {
     addNotice(room, "Some messages from while you were away are no longer available.", "gap");
   } else if (message.truncated && !room.justRestarted) {
-    addEvent(room, "Earlier messages are no longer available.");
+    // With older pages still on the server, the line waits for the oldest of them.
+    if (message.more === true) room.truncatedTop = true;
+    else addEvent(room, "Earlier messages are no longer available.");
   }
   room.justRestarted = false;
   const unclaimed = [...room.pending.values()].filter((p) => p.sentOn !== null && !p.failed);
@@ -156,6 +168,7 @@ function onJoined(message) {
     ui.text.focus();
   }
   flushPending(room);
+  afterJoined(room, message, resuming ? resumedFrom : null);
 }
 
 function onLeft(message) {

@@ -83,6 +83,10 @@ export function newRoom(name, nodes) {
     unread: 0,
     stuck: true,
     scrollTop: 0,
+    more: false, // whether the server keeps messages older than the oldest shown
+    gap: null, // {after, before}: ids between which a resume left messages to fetch
+    request: null, // "older" or "gap": the history request in flight
+    truncatedTop: false, // say "no longer available" once the oldest page is shown
   };
 }
 

@@ -39,6 +39,12 @@ export const ui = {
 };
 export const JOIN_HINT = ui.joinHint.textContent;
 
+/** What other modules do when the view changes; chat.js fills these in. */
+export const hooks = {
+  roomShown(room) {}, // a room became the one shown
+  loadOlder(room) {}, // the reader asked for earlier messages
+};
+
 export function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -105,6 +111,15 @@ export function addRoom(name) {
   list.setAttribute("aria-label", `Messages in ${name}`);
   list.dataset.room = name;
   list.hidden = true;
+  // First in the log: older messages are fetched when this comes into view, or with its
+  // button from the keyboard.
+  const older = el("li", "older");
+  older.hidden = true;
+  const olderButton = el("button", "link-button", "Load earlier messages");
+  olderButton.type = "button";
+  older.append(olderButton);
+  olderButton.addEventListener("click", () => hooks.loadOlder(room));
+  list.append(older);
   ui.messages.append(list);
 
   const item = el("li");
@@ -123,7 +138,7 @@ export function addRoom(name) {
   item.append(button);
   ui.roomList.append(item);
 
-  const room = newRoom(name, { list, item, button, badge });
+  const room = newRoom(name, { list, item, button, badge, older, olderButton });
   state.rooms.set(name, room);
   return room;
 }
@@ -167,6 +182,7 @@ export function switchRoom(name) {
   if (room.stuck) scrollToBottom();
   else ui.messages.scrollTop = room.scrollTop;
   updateJump();
+  hooks.roomShown(room);
 }
 
 export function renderCurrent() {
@@ -227,6 +243,7 @@ export function onScroll() {
   const room = currentRoom();
   if (room) room.stuck = nearBottom();
   updateJump();
+  if (room) hooks.roomShown(room);
 }
 
 // Appends or inserts `node` into the room's log keeping ids in order, then follows it
@@ -239,17 +256,18 @@ export function place(room, node, id, { own = false } = {}) {
   if (id !== null) {
     // Pending messages stay last; a message with a smaller id than what is shown goes
     // before the first larger one of the same server run.
+    // Lines without an id (events, notices) are passed over: a page of older messages or
+    // the messages of a gap go above the events that came after them.
     let cursor = list.lastElementChild;
     while (cursor) {
-      const cursorId = Number(cursor.dataset.id);
       const isPending = cursor.classList.contains("pending");
       const sameRun = Number(cursor.dataset.generation) === room.generation;
-      if (isPending || (cursor.dataset.id && sameRun && cursorId > id)) {
+      if (isPending || (cursor.dataset.id && sameRun && Number(cursor.dataset.id) > id)) {
         before = cursor;
-        cursor = cursor.previousElementSibling;
-      } else {
+      } else if (cursor.dataset.id || cursor === room.older) {
         break;
       }
+      cursor = cursor.previousElementSibling;
     }
   } else if (!node.classList.contains("pending")) {
     before = list.querySelector(".pending");
