@@ -79,6 +79,7 @@ export function newRoom(name, nodes) {
     generation: 0,
     justRestarted: false,
     members: new Set(),
+    count: null, // members in the room, as the server last said (members may list fewer)
     pending: new Map(),
     unread: 0,
     stuck: true,

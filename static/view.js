@@ -207,10 +207,16 @@ export function renderMembers() {
     if (nick === state.nick) item.append(el("span", "you", "(you)"));
     return item;
   });
+  // The server lists a few hundred members at most; the count says how many there are.
+  const count = room ? Math.max(room.count ?? members.length, members.length) : 0;
+  if (count > members.length) {
+    const more = el("li", "member more", `and ${count - members.length} more`);
+    items.push(more);
+  }
   ui.memberList.replaceChildren(...items);
   // While rejoining, the list is what we knew before the drop: show it as such.
   ui.memberList.classList.toggle("stale", Boolean(room) && !room.joined);
-  ui.memberCount.textContent = room ? String(members.length) : "";
+  ui.memberCount.textContent = room ? String(count) : "";
 }
 
 export function renderBadge(room) {

@@ -539,3 +539,34 @@ def test_a_long_absence_is_filled_in_pages_without_doubles(
     expect(ann.messages.get_by_test_id("msg-text")).to_have_text(["before the drop", *missed])
     expect(ann.log.get_by_test_id("notice")).to_have_count(0)
     bot.close()
+
+
+def test_people_arriving_and_leaving_together_are_all_shown(
+    open_chat: OpenChat, server: RawchatServer, browser: Browser
+) -> None:
+    ann = open_chat("ann")
+    count = ann.page.get_by_test_id("member-count")
+    expect(count).to_have_text("1")
+    bob = open_chat("bob")
+    expect(ann.members).to_have_text(["ann(you)", "bob"])
+    expect(bob.members).to_have_text(["ann", "bob(you)"])
+    expect(ann.log).to_contain_text("bob joined")
+    expect(count).to_have_text("2")
+
+    # Arrivals within one presence tick come in one frame listing them all.
+    crowd = [Bot(server.port, f"guest {n}") for n in range(1, 5)]
+    expect(ann.members).to_have_text(
+        ["ann(you)", "bob", "guest 1", "guest 2", "guest 3", "guest 4"]
+    )
+    expect(count).to_have_text("6")
+    expect(bob.page.get_by_test_id("member-count")).to_have_text("6")
+    for bot in crowd:
+        bot.close()
+    expect(ann.members).to_have_text(["ann(you)", "bob"])
+    expect(count).to_have_text("2")
+
+    bob.page.context.close()
+    expect(ann.members).to_have_text(["ann(you)"])
+    expect(ann.log).to_contain_text("bob left")
+    expect(count).to_have_text("1")
+    ann.screenshot("presence-desktop")
