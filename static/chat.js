@@ -3,10 +3,23 @@
 // state.js holds what the page knows and view.js draws it.
 
 import { link } from "./connection.js";
+import { closeActions, deleteMessage, pickMember, refreshActions, wireActions } from "./moderation.js";
 import { submitText } from "./outbox.js";
 import { loadOlder, next } from "./paging.js";
 import { ERROR_TEXT, askForNick, dispatch, onClose, sendHello, start } from "./protocol.js";
-import { MAX_NICK, ROOM_RE, currentRoom, loadNick, saveNick, state, validNick } from "./state.js";
+import {
+  MAX_NICK,
+  ROOM_RE,
+  currentRoom,
+  loadNick,
+  loadToken,
+  saveNick,
+  saveToken,
+  state,
+  tokenNick,
+  validNick,
+} from "./state.js";
+import { typed } from "./typing.js";
 import {
   JOIN_HINT,
   autoGrow,
@@ -29,12 +42,25 @@ link.onClose = onClose;
 link.onStatus = setStatus;
 link.onWrongProtocol = () => notify("This server does not speak rawchat.v1.");
 link.paused = () => state.paused;
-hooks.roomShown = (room) => next(room);
+hooks.roomShown = (room) => {
+  next(room);
+  refreshActions();
+};
 hooks.loadOlder = loadOlder;
+hooks.memberPicked = pickMember;
+hooks.deleteMessage = deleteMessage;
+wireActions();
 
+// A token is for one nick: pasting it fills the nickname in when none is written yet.
+ui.loginToken.addEventListener("input", () => {
+  const nick = tokenNick(ui.loginToken.value.trim());
+  if (nick && !ui.loginNick.value.trim()) ui.loginNick.value = nick;
+});
 ui.loginForm.addEventListener("submit", (event) => {
   event.preventDefault();
-  const nick = ui.loginNick.value.trim();
+  state.token = ui.loginToken.value.trim() || null;
+  saveToken(state.token);
+  const nick = ui.loginNick.value.trim() || tokenNick(state.token ?? "");
   if (!validNick(nick)) {
     ui.loginError.textContent = `A nickname is 1 to ${MAX_NICK} characters.`;
     return;
@@ -100,6 +126,12 @@ ui.joinForm.addEventListener("submit", (event) => {
 ui.leave.addEventListener("click", () => {
   const name = state.current;
   if (!name) return;
+  closeActions();
+  // A conversation is only on this page: closing it tells nobody.
+  if (currentRoom().direct) {
+    removeRoom(name);
+    return;
+  }
   // Offline, the server has already forgotten us; just stop asking to rejoin.
   if (!state.welcomed || !link.send({ type: "leave", room: name })) removeRoom(name);
 });
@@ -114,7 +146,10 @@ ui.text.addEventListener("keydown", (event) => {
     submitText();
   }
 });
-ui.text.addEventListener("input", autoGrow);
+ui.text.addEventListener("input", () => {
+  autoGrow();
+  if (ui.text.value.trim()) typed();
+});
 
 ui.messages.addEventListener("scroll", onScroll);
 ui.jump.addEventListener("click", () => {
@@ -129,7 +164,27 @@ window.addEventListener("online", () => {
   if (!link.ws && state.wantedNick) link.connect();
 });
 
+/**
+ * A sign-in link (`?token=…`) signs in as the token's nick. The token leaves the address
+ * at once, so that it is not kept in the history, bookmarked or shared with the page.
+ */
+function tokenFromAddress() {
+  const url = new URL(location.href);
+  const token = url.searchParams.get("token");
+  if (token === null) return null;
+  url.searchParams.delete("token");
+  history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+  return token.trim() || null;
+}
+
 renderCurrent();
-const remembered = loadNick().trim();
-if (validNick(remembered)) start(remembered);
-else askForNick();
+const linked = tokenFromAddress();
+state.token = linked ?? loadToken();
+if (linked) saveToken(linked);
+const remembered = (tokenNick(state.token ?? "") || loadNick()).trim();
+if (validNick(remembered)) {
+  saveNick(remembered);
+  start(remembered);
+} else {
+  askForNick();
+}

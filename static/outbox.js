@@ -14,6 +14,12 @@ import {
   ui,
 } from "./view.js";
 
+/** The `msg` for `text`: to a room, or in a conversation to its peer. */
+function outgoing(room, text, cid) {
+  const where = room.direct ? { to: room.peer } : { room: room.name };
+  return { type: "msg", ...where, text, cid };
+}
+
 export function submitText() {
   const room = currentRoom();
   const text = ui.text.value.trim();
@@ -23,7 +29,7 @@ export function submitText() {
     return;
   }
   const { cid, seq } = peekCid();
-  const size = encodedSize({ type: "msg", room: room.name, text, cid });
+  const size = encodedSize(outgoing(room, text, cid));
   if (size > state.maxBytes) {
     // Sent anyway, it would make the server close the connection (1009): refuse it here
     // and leave the text in the composer to be shortened.
@@ -44,7 +50,7 @@ export function submitText() {
 
 function trySend(room, pending) {
   if (!state.welcomed || !room.joined) return;
-  if (link.send({ type: "msg", room: room.name, text: pending.text, cid: pending.cid })) {
+  if (link.send(outgoing(room, pending.text, pending.cid))) {
     pending.sentOn = state.connection;
   }
 }

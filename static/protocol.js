@@ -2,9 +2,13 @@
 // does to the page's state and view.
 
 import { link } from "./connection.js";
+import { onDirectHistory, onDirectMsg, resumeDirect } from "./direct.js";
+import { guessOwner, onDeleted, onMuted, onOwner, onRemoved } from "./moderation.js";
 import { acknowledge, failByCid, failOldestOutstanding, failOutstanding, flushPending } from "./outbox.js";
 import { afterJoined, onHistory, renderOlder } from "./paging.js";
-import { DEFAULT_ROOM, MAX_NICK, state } from "./state.js";
+import { nicks, onPresence } from "./presence.js";
+import { DEFAULT_ROOM, MAX_NICK, saveToken, state } from "./state.js";
+import { onTyping, stopped } from "./typing.js";
 import {
   addEvent,
   addMessage,
@@ -12,7 +16,7 @@ import {
   addRoom,
   notify,
   removeRoom,
-  renderMembers,
+  renderRights,
   setJoined,
   setStatus,
   showJoinHint,
@@ -33,15 +37,25 @@ export const ERROR_TEXT = {
   text_too_long: "Message too long.",
   empty_text: "Message is empty.",
   rate_limited: "Slow down: you are sending too fast.",
+  bad_token: "The server refused the sign-in token (expired, or not for this nickname).",
+  token_required: "This server admits only people with a sign-in token.",
+  nick_reserved: "That nickname is reserved for the holder of its token.",
+  forbidden: "You are not allowed to do that.",
+  muted: "You are muted in this room.",
+  banned: "You are banned from that room.",
+  no_such_nick: "Nobody by that nickname is connected.",
+  no_such_message: "That message is no longer kept.",
 };
 
 export function sendHello() {
   // The first hello asks for the lobby; later ones rejoin exactly what we were in, which
   // may be nothing if the user left every room.
-  const rooms = state.epoch === null ? [DEFAULT_ROOM] : [...state.rooms.keys()];
+  const joined = [...state.rooms.values()].filter((room) => !room.direct);
+  const rooms = state.epoch === null ? [DEFAULT_ROOM] : joined.map((room) => room.name);
   const hello = { type: "hello", nick: state.nick || state.wantedNick, rooms };
+  if (state.token) hello.token = state.token;
   const resume = {};
-  for (const room of state.rooms.values()) {
+  for (const room of joined) {
     if (room.lastId !== null) resume[room.name] = room.lastId;
   }
   if (state.epoch !== null && Object.keys(resume).length) {
@@ -60,9 +74,22 @@ export function dispatch(message) {
     case "left":
       return onLeft(message);
     case "msg":
-      return onMsg(message);
+      return message.to !== undefined ? onDirectMsg(message) : onMsg(message);
     case "presence":
       return onPresence(message);
+    case "kicked":
+    case "banned":
+      return onRemoved(message);
+    case "muted":
+      return onMuted(message);
+    case "deleted":
+      return onDeleted(message);
+    case "owner":
+      return onOwner(message);
+    case "typing":
+      return onTyping(message);
+    case "direct":
+      return onDirectHistory(message);
     case "history":
       return onHistory(message);
     case "error":
@@ -97,6 +124,8 @@ function onWelcome(message) {
   state.nickBefore = null;
   ui.nick.value = state.nick;
   ui.nickForm.classList.remove("dirty");
+  state.role = ["user", "operator"].includes(message.role) ? message.role : "guest";
+  state.verified = message.verified === true;
   const limits = message.limits || {};
   state.maxText = Number.isInteger(limits.max_text) ? limits.max_text : Infinity;
   // Servers that do not say max_bytes read at least max_text bytes: the safe bound.
@@ -119,6 +148,9 @@ function onWelcome(message) {
     }
   }
   setStatus("online", "Online");
+  renderRights();
+  resumeDirect();
+  for (const room of state.rooms.values()) if (room.direct) flushPending(room);
   if (state.usingVariant) {
     state.usingVariant = false;
     notify(`“${state.wantedNick}” is taken, so you are “${state.nick}”.`);
@@ -157,6 +189,7 @@ function onJoined(message) {
     room.lastId = Math.max(room.lastId ?? 0, message.last_id);
   }
   room.members = new Set(nicks(message.members));
+  guessOwner(room, message, !resuming);
   // `members` lists at most a few hundred nicks; `count` is how many there are.
   room.count = Number.isInteger(message.count) ? message.count : null;
   setJoined(room, true);
@@ -180,65 +213,13 @@ function onLeft(message) {
 function onMsg(message) {
   const room = state.rooms.get(message.room);
   if (!room || !Number.isInteger(message.id)) return;
+  stopped(room, String(message.nick));
   const pending = message.cid !== undefined ? room.pending.get(message.cid) : undefined;
   if (pending) {
     acknowledge(room, pending, message);
   } else {
     addMessage(room, message, true);
   }
-}
-
-function nicks(value) {
-  return Array.isArray(value) ? value.map(String) : [];
-}
-
-// A presence frame lists a tick's changes (docs/protocol.md, "coalesced presence"): nicks
-// that left (as they were called when the tick began), renames, then arrivals. They are
-// applied as set operations, since a frame may repeat what our own `joined` showed.
-function onPresence(message) {
-  const room = state.rooms.get(message.room);
-  let left = nicks(message.left);
-  let joined = nicks(message.joined);
-  let renamed = (Array.isArray(message.renamed) ? message.renamed : [])
-    .filter((pair) => Array.isArray(pair) && pair.length === 2)
-    .map(([old, nick]) => [String(old), String(nick)]);
-  if (!("joined" in message || "left" in message || "renamed" in message)) {
-    // A server from before coalescing: one change per frame.
-    const nick = String(message.nick);
-    if (message.event === "join") joined = [nick];
-    else if (message.event === "leave") left = [nick];
-    else if (message.event === "nick") renamed = [[String(message.old), nick]];
-  }
-  for (const [old, nick] of renamed) {
-    if (old === state.nick || old === state.nickBefore) {
-      state.nick = nick;
-      state.welcomedNick = nick;
-      state.nickBefore = null;
-      if (document.activeElement !== ui.nick) ui.nick.value = nick;
-    }
-  }
-  if (!room) return;
-  const said = [];
-  left = left.filter((nick) => room.members.delete(nick));
-  for (const [old, nick] of renamed) {
-    room.members.delete(old);
-    room.members.add(nick);
-    said.push(`${old} is now known as ${nick}`);
-  }
-  joined = joined.filter((nick) => !room.members.has(nick));
-  for (const nick of joined) room.members.add(nick);
-  if (said.length + joined.length + left.length <= 5) {
-    said.push(...joined.map((nick) => `${nick} joined`), ...left.map((nick) => `${nick} left`));
-  } else {
-    if (joined.length) said.push(`${joined.length} people joined: ${joined.join(", ")}`);
-    if (left.length) said.push(`${left.length} people left: ${left.join(", ")}`);
-  }
-  if (Number.isInteger(message.omitted) && message.omitted > 0) {
-    said.push(`${message.omitted} more people came, went or changed nick`);
-  }
-  for (const text of said) addEvent(room, text);
-  room.count = Number.isInteger(message.count) ? message.count : null;
-  if (room.name === state.current) renderMembers();
 }
 
 function onError(message) {
@@ -255,7 +236,8 @@ function onError(message) {
     onHelloRefused(code, text);
     return;
   }
-  if (code === "bad_nick" || code === "nick_taken") {
+  const renaming = ["bad_nick", "nick_taken", "nick_reserved", "forbidden"].includes(code);
+  if (renaming && state.nickBefore !== null) {
     // Answer to a nick change; nothing changed on the server.
     if (state.nickBefore !== null) state.nick = state.nickBefore;
     state.nickBefore = null;
@@ -264,7 +246,7 @@ function onError(message) {
     notify(text);
     return;
   }
-  if (code === "bad_room" || code === "too_many_rooms") {
+  if (code === "bad_room" || code === "too_many_rooms" || code === "banned") {
     state.joinWanted = null;
     showJoinHint(text, true);
     return;
@@ -273,12 +255,22 @@ function onError(message) {
 }
 
 function onHelloRefused(code, text) {
-  if (code === "too_many_rooms" && state.rooms.size > 1) {
+  const rooms = [...state.rooms.values()].filter((room) => !room.direct).map((r) => r.name);
+  if (code === "too_many_rooms" && rooms.length > 1) {
     // The server now allows fewer rooms than we were in: keep the first ones.
-    const keep = Math.max(1, Math.min(state.maxRooms, state.rooms.size) - 1);
-    for (const name of [...state.rooms.keys()].slice(keep)) removeRoom(name);
+    const keep = Math.max(1, Math.min(state.maxRooms, rooms.length) - 1);
+    for (const name of rooms.slice(keep)) removeRoom(name);
     notify("The server now allows fewer rooms: you left some.");
     sendHello();
+    return;
+  }
+  if (code === "bad_token" || code === "token_required" || code === "nick_reserved") {
+    // Retrying would be refused the same way: the user must bring a token or a nick.
+    if (code === "bad_token") {
+      state.token = null;
+      saveToken(null);
+    }
+    askForNick(text);
     return;
   }
   if (code !== "nick_taken" && code !== "bad_nick") {
@@ -317,6 +309,7 @@ export function askForNick(error) {
   if (!link.close()) setStatus("idle", "Offline");
   ui.loginError.textContent = error || "";
   ui.loginNick.value = state.wantedNick;
+  ui.loginToken.value = state.token ?? "";
   ui.login.hidden = false;
   ui.app.inert = true;
   ui.loginNick.focus();

@@ -5,6 +5,7 @@ export const DEFAULT_ROOM = "lobby";
 export const MAX_NICK = 32;
 export const ROOM_RE = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$/;
 const NICK_KEY = "rawchat.nick";
+const TOKEN_KEY = "rawchat.token";
 
 export const state = {
   wantedNick: "", // what the user asked for
@@ -26,6 +27,10 @@ export const state = {
   current: null,
   joinWanted: null, // room to switch to once its `joined` arrives
   focusComposer: false,
+  token: null, // a signed token for our nick, sent in hello
+  role: "guest", // from welcome: guest, user or operator
+  verified: false, // whether the server checked our nick against the token
+  picked: null, // the member whose actions are open
 };
 
 const cidPrefix = Math.random().toString(36).slice(2, 8);
@@ -68,11 +73,59 @@ export function saveNick(nick) {
   }
 }
 
+/**
+ * The token kept for this tab (a token is a password: it is not written to localStorage,
+ * which every tab and every later visit would read).
+ */
+export function loadToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null;
+  }
+}
+
+export function saveToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // Without storage the token lasts as long as the page.
+  }
+}
+
+/** The nick a token is for (its `sub`), read without checking: only the server can. */
+export function tokenNick(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(payload), (c) => c.charCodeAt(0));
+    const sub = JSON.parse(new TextDecoder().decode(bytes)).sub;
+    return typeof sub === "string" ? sub.trim() : "";
+  } catch {
+    return "";
+  }
+}
+
+/** Whether two nicks are the same user's (the server also ignores compatibility forms). */
+export function sameNick(a, b) {
+  return a.normalize("NFKC").toLowerCase() === b.normalize("NFKC").toLowerCase();
+}
+
+/** Whether we may kick, mute, ban and delete in `room`. */
+export function canModerate(room) {
+  return !room.direct && (state.role === "operator" || room.owned);
+}
+
 /** A room's data; `nodes` are its parts of the page, made by the view. */
-export function newRoom(name, nodes) {
+export function newRoom(name, nodes, peer = null) {
   return {
     name,
     ...nodes,
+    direct: peer !== null, // a conversation with one person, not a room
+    peer, // that person's nick
+    owned: false, // whether we are one of the room's owners
+    typing: new Map(), // nick -> timer: who is typing in the room
+    typingSentAt: 0,
     joined: false,
     lastId: null,
     seen: new Set(),

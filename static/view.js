@@ -4,7 +4,7 @@
 // markup. Each room keeps the ids it has shown, so history replayed on resume or rejoin
 // never shows a message twice.
 
-import { currentRoom, newRoom, state } from "./state.js";
+import { canModerate, currentRoom, newRoom, state } from "./state.js";
 
 const STICKY_PX = 48;
 
@@ -18,6 +18,17 @@ export const ui = {
   nickForm: $("nick-form"),
   nick: $("nick"),
   roomList: $("room-list"),
+  directTitle: $("direct-title"),
+  directList: $("direct-list"),
+  role: $("role"),
+  typing: $("typing"),
+  memberActions: $("member-actions"),
+  memberActionsTitle: $("member-actions-title"),
+  memberActionsClose: $("member-actions-close"),
+  directOpen: $("direct-open"),
+  moderate: $("moderate"),
+  moderateReason: $("moderate-reason"),
+  moderateSeconds: $("moderate-seconds"),
   joinForm: $("join-form"),
   joinRoom: $("join-room"),
   joinHint: $("join-hint"),
@@ -36,6 +47,7 @@ export const ui = {
   loginForm: $("login-form"),
   loginNick: $("login-nick"),
   loginError: $("login-error"),
+  loginToken: $("login-token"),
 };
 export const JOIN_HINT = ui.joinHint.textContent;
 
@@ -43,6 +55,8 @@ export const JOIN_HINT = ui.joinHint.textContent;
 export const hooks = {
   roomShown(room) {}, // a room became the one shown
   loadOlder(room) {}, // the reader asked for earlier messages
+  memberPicked(nick, button) {}, // a member's button in the list was pressed
+  deleteMessage(room, id) {}, // a moderator asked to delete a message
 };
 
 export function el(tag, className, text) {
@@ -105,10 +119,11 @@ export function autoGrow() {
 
 // ---- rooms ------------------------------------------------------------------------------
 
-export function addRoom(name) {
+/** Adds a room, or with `peer` a conversation with that person, to the page. */
+export function addRoom(name, peer = null) {
   const list = el("ol", "log");
   list.setAttribute("role", "log");
-  list.setAttribute("aria-label", `Messages in ${name}`);
+  list.setAttribute("aria-label", peer === null ? `Messages in ${name}` : `Messages with ${peer}`);
   list.dataset.room = name;
   list.hidden = true;
   // First in the log: older messages are fetched when this comes into view, or with its
@@ -126,7 +141,8 @@ export function addRoom(name) {
   const button = el("button", "room");
   button.type = "button";
   button.dataset.room = name;
-  const label = el("span", "room-name", name);
+  if (peer !== null) button.classList.add("direct");
+  const label = el("span", "room-name", peer ?? name);
   const badge = el("span", "badge");
   badge.hidden = true;
   button.append(label, badge);
@@ -136,9 +152,10 @@ export function addRoom(name) {
     switchRoom(name);
   });
   item.append(button);
-  ui.roomList.append(item);
+  (peer === null ? ui.roomList : ui.directList).append(item);
+  ui.directTitle.hidden = ui.directList.children.length === 0;
 
-  const room = newRoom(name, { list, item, button, badge, older, olderButton });
+  const room = newRoom(name, { list, item, button, badge, older, olderButton }, peer);
   state.rooms.set(name, room);
   return room;
 }
@@ -149,6 +166,7 @@ export function removeRoom(name) {
   state.rooms.delete(name);
   room.list.remove();
   room.item.remove();
+  ui.directTitle.hidden = ui.directList.children.length === 0;
   if (state.current === name) {
     state.current = null;
     const next = state.rooms.keys().next();
@@ -188,23 +206,60 @@ export function switchRoom(name) {
 export function renderCurrent() {
   const room = currentRoom();
   ui.empty.hidden = Boolean(room);
-  ui.roomTitle.textContent = room ? room.name : "No room";
+  ui.roomTitle.textContent = room ? (room.peer ?? room.name) : "No room";
+  ui.roomTitle.classList.toggle("direct", Boolean(room?.direct));
   ui.leave.disabled = !room;
+  ui.leave.textContent = room?.direct ? "Close" : "Leave";
   ui.text.disabled = !room;
   ui.send.disabled = !room;
-  ui.text.placeholder = room ? `Message ${room.name}` : "Join a room to write";
+  ui.text.placeholder = room ? `Message ${room.peer ?? room.name}` : "Join a room to write";
   renderMembers();
+  renderTyping();
+}
+
+/** Shows the moderation controls of every room we may moderate, and only those. */
+export function renderRights() {
+  for (const room of state.rooms.values()) {
+    room.list.classList.toggle("can-moderate", canModerate(room));
+  }
+  if (state.role === "operator") ui.role.textContent = "Operator";
+  else ui.role.textContent = state.verified ? "Signed in" : "";
+  ui.role.hidden = !ui.role.textContent;
+  renderMembers();
+}
+
+/** "ann is typing…" under the current room's log. */
+export function renderTyping() {
+  const room = currentRoom();
+  const nicks = room ? [...room.typing.keys()] : [];
+  let text = "";
+  if (nicks.length === 1) text = `${nicks[0]} is typing…`;
+  else if (nicks.length === 2) text = `${nicks[0]} and ${nicks[1]} are typing…`;
+  else if (nicks.length > 2) text = `${nicks[0]}, ${nicks[1]} and ${nicks.length - 2} more are typing…`;
+  ui.typing.textContent = text;
 }
 
 export function renderMembers() {
   const room = currentRoom();
   const members = room ? [...room.members] : [];
   members.sort((a, b) => a.localeCompare(b, undefined, { sensitivity: "base" }));
+  const focused = document.activeElement?.dataset?.nick;
   const items = members.map((nick) => {
     const item = el("li", "member");
     item.style.setProperty("--hue", nickHue(nick));
-    item.append(el("span", "member-name", nick));
-    if (nick === state.nick) item.append(el("span", "you", "(you)"));
+    if (nick === state.nick) {
+      item.append(el("span", "member-name", nick), el("span", "you", "(you)"));
+      return item;
+    }
+    // Each other member opens what can be done with them: a direct message, moderation.
+    const button = el("button", "member-name", nick);
+    button.type = "button";
+    button.dataset.nick = nick;
+    button.setAttribute("aria-label", `Actions for ${nick}`);
+    button.setAttribute("aria-controls", "member-actions");
+    button.setAttribute("aria-expanded", String(state.picked === nick));
+    button.addEventListener("click", () => hooks.memberPicked(nick, button));
+    item.append(button);
     return item;
   });
   // The server lists a few hundred members at most; the count says how many there are.
@@ -217,6 +272,12 @@ export function renderMembers() {
   // While rejoining, the list is what we knew before the drop: show it as such.
   ui.memberList.classList.toggle("stale", Boolean(room) && !room.joined);
   ui.memberCount.textContent = room ? String(count) : "";
+  // A presence frame redraws the list: the member button that had the focus keeps it.
+  if (focused !== undefined) {
+    for (const button of ui.memberList.querySelectorAll("button")) {
+      if (button.dataset.nick === focused) button.focus();
+    }
+  }
 }
 
 export function renderBadge(room) {
@@ -306,6 +367,14 @@ export function renderMessage(room, m, { own, pending }) {
   const status = el("span", "delivery");
   status.setAttribute("data-testid", "msg-status");
   if (own) meta.append(status);
+  if (!room.direct) {
+    // Shown by the stylesheet only in rooms we moderate (`.can-moderate`).
+    const remove = el("button", "link-button delete", "Delete");
+    remove.type = "button";
+    remove.setAttribute("aria-label", `Delete message from ${nick}`);
+    remove.addEventListener("click", () => hooks.deleteMessage(room, Number(item.dataset.id)));
+    meta.append(remove);
+  }
   const body = el("p", "text", String(m.text));
   body.setAttribute("data-testid", "msg-text");
   item.append(meta, body);

@@ -1,0 +1,63 @@
+// Who is in each room (docs/protocol.md, "coalesced presence").
+
+import { state } from "./state.js";
+import { stopped } from "./typing.js";
+import { addEvent, renderMembers, ui } from "./view.js";
+import { refreshActions } from "./moderation.js";
+
+export function nicks(value) {
+  return Array.isArray(value) ? value.map(String) : [];
+}
+
+// A presence frame lists a tick's changes (docs/protocol.md, "coalesced presence"): nicks
+// that left (as they were called when the tick began), renames, then arrivals. They are
+// applied as set operations, since a frame may repeat what our own `joined` showed.
+export function onPresence(message) {
+  const room = state.rooms.get(message.room);
+  let left = nicks(message.left);
+  let joined = nicks(message.joined);
+  let renamed = (Array.isArray(message.renamed) ? message.renamed : [])
+    .filter((pair) => Array.isArray(pair) && pair.length === 2)
+    .map(([old, nick]) => [String(old), String(nick)]);
+  if (!("joined" in message || "left" in message || "renamed" in message)) {
+    // A server from before coalescing: one change per frame.
+    const nick = String(message.nick);
+    if (message.event === "join") joined = [nick];
+    else if (message.event === "leave") left = [nick];
+    else if (message.event === "nick") renamed = [[String(message.old), nick]];
+  }
+  for (const [old, nick] of renamed) {
+    if (old === state.nick || old === state.nickBefore) {
+      state.nick = nick;
+      state.welcomedNick = nick;
+      state.nickBefore = null;
+      if (document.activeElement !== ui.nick) ui.nick.value = nick;
+    }
+  }
+  if (!room) return;
+  const said = [];
+  left = left.filter((nick) => room.members.delete(nick));
+  for (const nick of left) stopped(room, nick);
+  for (const [old, nick] of renamed) {
+    room.members.delete(old);
+    room.members.add(nick);
+    said.push(`${old} is now known as ${nick}`);
+  }
+  joined = joined.filter((nick) => !room.members.has(nick));
+  for (const nick of joined) room.members.add(nick);
+  if (said.length + joined.length + left.length <= 5) {
+    said.push(...joined.map((nick) => `${nick} joined`), ...left.map((nick) => `${nick} left`));
+  } else {
+    if (joined.length) said.push(`${joined.length} people joined: ${joined.join(", ")}`);
+    if (left.length) said.push(`${left.length} people left: ${left.join(", ")}`);
+  }
+  if (Number.isInteger(message.omitted) && message.omitted > 0) {
+    said.push(`${message.omitted} more people came, went or changed nick`);
+  }
+  for (const text of said) addEvent(room, text);
+  room.count = Number.isInteger(message.count) ? message.count : null;
+  if (room.name === state.current) {
+    refreshActions();
+    renderMembers();
+  }
+}
