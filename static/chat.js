@@ -21,20 +21,17 @@ import {
 } from "./state.js";
 import { typed } from "./typing.js";
 import {
-  JOIN_HINT,
   autoGrow,
+  hooks,
+  JOIN_HINT,
   notify,
   onScroll,
-  removeRoom,
-  renderCurrent,
-  renderMembers,
   scrollToBottom,
   setStatus,
   showJoinHint,
-  switchRoom,
-  hooks,
   ui,
-} from "./view.js";
+} from "./dom.js";
+import { removeRoom, renderCurrent, renderMembers, switchRoom } from "./view.js";
 
 link.onOpen = sendHello;
 link.onMessage = dispatch;

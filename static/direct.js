@@ -1,19 +1,24 @@
 // Direct messages (docs/protocol.md, "Direct messages"): a conversation with one person
-// is shown like a room, listed under "Direct messages", its key "@nick" (no room name
-// starts with "@"). Its messages are `msg` with `to`; their ids come from the server's
+// is shown like a room, listed under "Direct messages", its key "@1", "@2"… (no room name
+// starts with "@"; the person's nick can change, the key cannot). Its messages are `msg` with `to`; their ids come from the server's
 // own counter, so each conversation keeps its own `seen` like a room.
 
 import { link } from "./connection.js";
 import { acknowledge } from "./outbox.js";
 import { sameNick, state } from "./state.js";
-import { addMessage, addRoom, setJoined, switchRoom, ui } from "./view.js";
+import { ui } from "./dom.js";
+import { addMessage } from "./log.js";
+import { addRoom, renderCurrent, setJoined, switchRoom } from "./view.js";
+
+let made = 0;
 
 /** The conversation with `peer`, made if there is none yet. */
 export function conversation(peer) {
   for (const room of state.rooms.values()) {
     if (room.direct && sameNick(room.peer, peer)) return room;
   }
-  const room = addRoom(`@${peer}`, peer);
+  made += 1;
+  const room = addRoom(`@${made}`, peer);
   room.members = new Set([state.nick, peer]);
   setJoined(room, state.welcomed);
   return room;
@@ -54,5 +59,17 @@ export function resumeDirect() {
     if (!room.direct) continue;
     setJoined(room, true);
     if (state.verified) link.send({ type: "direct", with: room.peer });
+  }
+}
+
+/** `old` is now called `nick`: their conversation follows them. */
+export function renamed(old, nick) {
+  for (const room of state.rooms.values()) {
+    if (!room.direct || !sameNick(room.peer, old)) continue;
+    room.peer = nick;
+    room.members = new Set([state.nick, nick]);
+    room.button.querySelector(".room-name").textContent = nick;
+    room.list.setAttribute("aria-label", `Messages with ${nick}`);
+    if (room.name === state.current) renderCurrent();
   }
 }

@@ -5,14 +5,9 @@
 import { link } from "./connection.js";
 import { openDirect } from "./direct.js";
 import { canModerate, currentRoom, sameNick, state } from "./state.js";
-import {
-  addEvent,
-  notify,
-  removeRoom,
-  renderMembers,
-  renderRights,
-  ui,
-} from "./view.js";
+import { notify, ui } from "./dom.js";
+import { addEvent } from "./log.js";
+import { removeRoom, renderMembers, renderRights } from "./view.js";
 
 const DURATIONS = [
   [604800, "week"],
@@ -97,7 +92,7 @@ export function wireActions() {
     if (!room || state.picked === null || !["kick", "mute", "ban"].includes(action)) return;
     const request = { type: action, room: room.name, nick: state.picked };
     const reason = ui.moderateReason.value.trim();
-    if (reason && action !== "mute") request.reason = reason;
+    if (reason) request.reason = reason;
     if (action !== "kick") request.seconds = Number(ui.moderateSeconds.value);
     if (!link.send(request)) notify("Not connected: try again once online.");
     else closeActions();

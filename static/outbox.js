@@ -3,16 +3,8 @@
 
 import { link } from "./connection.js";
 import { codePoints, currentRoom, encodedSize, peekCid, state, takeCid } from "./state.js";
-import {
-  autoGrow,
-  el,
-  notify,
-  place,
-  renderMessage,
-  setDelivery,
-  setMessageMeta,
-  ui,
-} from "./view.js";
+import { autoGrow, el, notify, ui } from "./dom.js";
+import { place, renderMessage, setDelivery, setMessageMeta } from "./log.js";
 
 /** The `msg` for `text`: to a room, or in a conversation to its peer. */
 function outgoing(room, text, cid) {

@@ -10,7 +10,9 @@
 
 import { link } from "./connection.js";
 import { currentRoom, state } from "./state.js";
-import { addMessage, el, isCurrent, ui } from "./view.js";
+import { el, ui } from "./dom.js";
+import { addMessage } from "./log.js";
+import { isCurrent } from "./view.js";
 
 const PAGE = 50;
 // Close enough to the top to fetch the next page before the reader gets there.

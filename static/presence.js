@@ -1,8 +1,11 @@
 // Who is in each room (docs/protocol.md, "coalesced presence").
 
+import { renamed as conversationRenamed } from "./direct.js";
 import { state } from "./state.js";
 import { stopped } from "./typing.js";
-import { addEvent, renderMembers, ui } from "./view.js";
+import { ui } from "./dom.js";
+import { addEvent } from "./log.js";
+import { renderMembers } from "./view.js";
 import { refreshActions } from "./moderation.js";
 
 export function nicks(value) {
@@ -33,6 +36,7 @@ export function onPresence(message) {
       state.nickBefore = null;
       if (document.activeElement !== ui.nick) ui.nick.value = nick;
     }
+    conversationRenamed(old, nick);
   }
   if (!room) return;
   const said = [];

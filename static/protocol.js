@@ -9,20 +9,9 @@ import { afterJoined, onHistory, renderOlder } from "./paging.js";
 import { nicks, onPresence } from "./presence.js";
 import { DEFAULT_ROOM, MAX_NICK, saveToken, state } from "./state.js";
 import { onTyping, stopped } from "./typing.js";
-import {
-  addEvent,
-  addMessage,
-  addNotice,
-  addRoom,
-  notify,
-  removeRoom,
-  renderRights,
-  setJoined,
-  setStatus,
-  showJoinHint,
-  switchRoom,
-  ui,
-} from "./view.js";
+import { notify, setStatus, showJoinHint, ui } from "./dom.js";
+import { addEvent, addMessage, addNotice } from "./log.js";
+import { addRoom, removeRoom, renderRights, setJoined, switchRoom } from "./view.js";
 
 // After a drop the server may not have noticed our old connection yet, so our own ghost
 // can hold our nick for a moment: retry it a few times before settling for a variant.

@@ -171,12 +171,20 @@ def test_direct_messages_have_their_own_view(open_chat: OpenChat) -> None:
     expect(ann.messages.get_by_test_id("msg-text")).to_have_text(["just between us", "agreed"])
     ann.screenshot("direct-desktop")
 
+    # A new nick: the conversation follows it.
+    bob.nick_field.fill("bobby")
+    bob.nick_field.press("Enter")
+    expect(ann.direct_button("bobby")).to_have_count(1)
+    expect(ann.page.get_by_test_id("room-title")).to_have_text("bobby")
+    ann.send("nice name")
+    expect(bob.message("nice name")).to_have_count(1)
+
     # The lobby stayed the lobby; closing the conversation takes it off the page only.
     ann.room_button("lobby").click()
     expect(ann.messages).to_have_count(0)
-    ann.direct_button("bob").click()
+    ann.direct_button("bobby").click()
     ann.page.get_by_test_id("leave").click()
-    expect(ann.direct_button("bob")).to_have_count(0)
+    expect(ann.direct_button("bobby")).to_have_count(0)
     expect(ann.page.get_by_test_id("room-title")).to_have_text("lobby")
 
 
