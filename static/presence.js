@@ -1,9 +1,9 @@
 // Who is in each room (docs/protocol.md, "coalesced presence").
 
 import { renamed as conversationRenamed } from "./direct.js";
-import { state } from "./state.js";
+import { sameNick, state } from "./state.js";
 import { stopped } from "./typing.js";
-import { ui } from "./dom.js";
+import { notify, ui } from "./dom.js";
 import { addEvent } from "./log.js";
 import { renderMembers } from "./view.js";
 import { refreshActions } from "./moderation.js";
@@ -30,7 +30,14 @@ export function onPresence(message) {
     else if (message.event === "nick") renamed = [[String(message.old), nick]];
   }
   for (const [old, nick] of renamed) {
-    if (old === state.nick || old === state.nickBefore) {
+    // Our own rename: one we asked for, or as a guest, the server's (a token holder came
+    // for our nick). A token holder is never renamed: a rename from its nick is the guest's.
+    const asked = state.nickBefore !== null && (old === state.nick || old === state.nickBefore);
+    if (asked || (!state.verified && old === state.nick)) {
+      if (!asked && !sameNick(old, nick)) {
+        // We did not ask: a token holder came for the nick we had as a guest.
+        notify(`“${old}” belongs to the holder of its token: you are now “${nick}”.`);
+      }
       state.nick = nick;
       state.welcomedNick = nick;
       state.nickBefore = null;

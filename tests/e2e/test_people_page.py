@@ -277,3 +277,17 @@ def test_markup_in_moderation_typing_and_direct_messages_is_only_text(
     assert page_problems.dialogs == []
     eve.close()
     mal.close()
+
+
+@pytest.mark.tokens
+def test_a_guest_on_a_reserved_nick_is_told_when_its_holder_arrives(
+    open_chat: OpenChat, server: RawchatServer
+) -> None:
+    guest = open_chat("ann")
+    holder = open_chat("ann", token=issue(server, "ann"))
+    expect(holder.nick_field).to_have_value("ann")
+    expect(guest.nick_field).to_have_value(re.compile(r"^guest-\d+$"))
+    expect(guest.page.get_by_test_id("notice")).to_contain_text(
+        "“ann” belongs to the holder of its token"
+    )
+    expect(guest.members).to_have_text([re.compile(r"^ann$"), re.compile(r"^guest-\d+\(you\)$")])
