@@ -45,7 +45,7 @@ export function afterJoined(room, message, resumedFrom) {
   if (resumedFrom === null) {
     room.more = message.more === true;
     room.gap = null;
-  } else if (message.more === true && first) {
+  } else if (message.more === true && first && first.id > resumedFrom) {
     room.gap = { after: resumedFrom, before: first.id };
   }
   renderOlder(room);

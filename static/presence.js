@@ -1,6 +1,7 @@
 // Who is in each room (docs/protocol.md, "coalesced presence").
 
 import { renamed as conversationRenamed } from "./direct.js";
+import { link } from "./connection.js";
 import { sameNick, state } from "./state.js";
 import { stopped } from "./typing.js";
 import { notify, ui } from "./dom.js";
@@ -64,6 +65,11 @@ export function onPresence(message) {
   }
   if (Number.isInteger(message.omitted) && message.omitted > 0) {
     said.push(`${message.omitted} more people came, went or changed nick`);
+    // Changes we were not told of leave our list wrong: ask for the room's list again
+    // (a `join` of a room we are in is answered with a fresh `joined`, telling nobody).
+    if (!room.refreshing && room.joined && link.send({ type: "join", room: room.name })) {
+      room.refreshing = true;
+    }
   }
   for (const text of said) addEvent(room, text);
   room.count = Number.isInteger(message.count) ? message.count : null;

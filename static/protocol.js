@@ -97,6 +97,7 @@ export function onClose(event) {
   state.welcomed = false;
   for (const room of state.rooms.values()) {
     room.request = null; // its answer is lost with the connection
+    room.refreshing = false;
     setJoined(room, false);
   }
 }
@@ -152,8 +153,13 @@ function onJoined(message) {
   if (!room) room = addRoom(name);
   const resumedFrom = room.lastId;
   const resuming = resumedFrom !== null;
+  // The answer to a refresh of the member list: the log already shows all it can.
+  const refresh = room.refreshing && room.joined;
+  room.refreshing = false;
   const history = Array.isArray(message.history) ? message.history : [];
-  if (resuming && message.truncated) {
+  if (refresh) {
+    // Nothing to say about history: it continues what is shown.
+  } else if (resuming && message.truncated) {
     addNotice(room, "Some messages from while you were away are no longer available.", "gap");
   } else if (message.truncated && !room.justRestarted) {
     // With older pages still on the server, the line waits for the oldest of them.
@@ -178,6 +184,8 @@ function onJoined(message) {
     room.lastId = Math.max(room.lastId ?? 0, message.last_id);
   }
   room.members = new Set(nicks(message.members));
+  // A long list may stop before our own nick; we are in the room all the same.
+  room.members.add(state.nick);
   guessOwner(room, message, !resuming);
   // `members` lists at most a few hundred nicks; `count` is how many there are.
   room.count = Number.isInteger(message.count) ? message.count : null;

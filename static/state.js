@@ -133,6 +133,7 @@ export function newRoom(name, nodes, peer = null) {
     justRestarted: false,
     members: new Set(),
     count: null, // members in the room, as the server last said (members may list fewer)
+    refreshing: false, // a `join` asks for the member list again
     pending: new Map(),
     unread: 0,
     stuck: true,

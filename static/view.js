@@ -147,7 +147,7 @@ export function renderMembers() {
     return item;
   });
   // The server lists a few hundred members at most; the count says how many there are.
-  const count = room ? Math.max(room.count ?? members.length, members.length) : 0;
+  const count = room ? (room.count ?? members.length) : 0;
   if (count > members.length) {
     const more = el("li", "member more", `and ${count - members.length} more`);
     items.push(more);

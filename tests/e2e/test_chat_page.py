@@ -570,3 +570,26 @@ def test_people_arriving_and_leaving_together_are_all_shown(
     expect(ann.log).to_contain_text("bob left")
     expect(count).to_have_text("1")
     ann.screenshot("presence-desktop")
+
+
+def test_a_crowd_past_the_listed_members_is_counted(
+    open_chat: OpenChat, server: RawchatServer
+) -> None:
+    # `joined` lists at most 200 members; `count` says how many there are.
+    crowd = [Bot(server.port, f"member {n:03}") for n in range(1, 211)]
+    ann = open_chat("ann")
+    expect(ann.page.get_by_test_id("member-count")).to_have_text("211")
+    listed = ann.members.filter(has_not_text=re.compile(r"^and \d+ more$"))
+    expect(ann.members.last).to_have_text(re.compile(r"^and \d+ more$"))
+    # The 200 listed, and ann herself, who arrived after them.
+    expect(listed.filter(has_text="ann(you)")).to_have_count(1)
+    shown = listed.count()
+    assert shown == 201
+    expect(ann.members.last).to_have_text(f"and {211 - shown} more")
+    for bot in crowd[:20]:
+        bot.close()
+    expect(ann.page.get_by_test_id("member-count")).to_have_text("191")
+    for bot in crowd[20:]:
+        bot.close()
+    expect(ann.page.get_by_test_id("member-count")).to_have_text("1")
+    expect(ann.members).to_have_text(["ann(you)"])
