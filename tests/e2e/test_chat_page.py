@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Playwright, expect
+from playwright.sync_api import Browser, Playwright, Response, expect
 
 from .bots import Bot
 from .harness import (
@@ -593,3 +593,25 @@ def test_a_crowd_past_the_listed_members_is_counted(
         bot.close()
     expect(ann.page.get_by_test_id("member-count")).to_have_text("1")
     expect(ann.members).to_have_text(["ann(you)"])
+
+
+def test_every_module_is_served_as_javascript(browser: Browser, server: RawchatServer) -> None:
+    # Browsers refuse a module script served with any other type.
+    context = browser.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        scripts: dict[str, str] = {}
+
+        def seen(response: Response) -> None:
+            if response.request.resource_type == "script":
+                name = response.url.rsplit("/", 1)[-1]
+                scripts[name] = response.headers.get("content-type", "")
+
+        page.on("response", seen)
+        page.goto(server.url)
+        expect(page.get_by_label("Choose a nickname")).to_be_focused()
+        modules = sorted(p.name for p in (Path(__file__).parents[2] / "static").glob("*.js"))
+        assert sorted(scripts) == modules
+        assert set(scripts.values()) == {"text/javascript; charset=utf-8"}
+    finally:
+        context.close()
