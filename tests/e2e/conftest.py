@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwright
+
+from rawchat.identity import Tokens
 
 from .harness import (
     DESKTOP,
@@ -37,6 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "server_args(*args): extra command-line arguments for the rawchat server"
     )
+    config.addinivalue_line(
+        "markers", "tokens: the server takes signed tokens (server.tokens issues them)"
+    )
 
 
 # Package scope, not session: Playwright's sync API keeps an event loop running
@@ -57,9 +65,17 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest) -> Iterator[RawchatServer]:
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RawchatServer]:
     marker = request.node.get_closest_marker("server_args")
-    server = RawchatServer(*(marker.args if marker else ()))
+    args = [*(marker.args if marker else ())]
+    tokens = None
+    if request.node.get_closest_marker("tokens"):
+        secret = tmp_path / "token-secret"
+        secret.write_text(secrets.token_hex(32))
+        args += ["--token-secret-file", str(secret)]
+        tokens = Tokens.from_file(secret)
+    server = RawchatServer(*args)
+    server.tokens = tokens
     server.start()
     yield server
     server.stop()
@@ -96,12 +112,20 @@ def open_chat(
     contexts: list[BrowserContext] = []
 
     def open_chat(
-        nick: str, *, url: str | None = None, viewport: dict | None = None, **options: Any
+        nick: str,
+        *,
+        url: str | None = None,
+        viewport: dict | None = None,
+        token: str | None = None,
+        **options: Any,
     ) -> ChatPage:
+        """With `token`, through a sign-in link (no nickname prompt)."""
         context = browser.new_context(viewport=viewport or DESKTOP, **options)
         contexts.append(context)
         page = context.new_page()
         page_problems.watch(page)
+        if token is not None:
+            return ChatPage(page).open_link(f"{url or server.url}?token={quote(token)}")
         return ChatPage(page).open(url or server.url, nick)
 
     yield open_chat

@@ -26,6 +26,7 @@ from playwright.sync_api import (
     expect,
 )
 
+from rawchat.identity import Tokens
 from tests.processes import RawchatProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,6 +59,8 @@ class RawchatServer:
         self.extra_args = extra_args
         self.scheme = "http"
         self._process: RawchatProcess | None = None
+        #: Issues tokens the server accepts, when it was started with a token secret.
+        self.tokens: Tokens | None = None
         self._earlier_runs: list[str] = []
 
     @property
@@ -238,6 +241,12 @@ class ChatPage:
         expect(self.status).to_contain_text("Online")
         return self
 
+    def open_link(self, url: str) -> ChatPage:
+        """Opens a sign-in link: the page signs in with the link's token by itself."""
+        self.page.goto(url)
+        expect(self.status).to_contain_text("Online")
+        return self
+
     @property
     def status(self) -> Locator:
         return self.page.get_by_test_id("status")
@@ -263,6 +272,25 @@ class ChatPage:
         """The messages in the current room whose text is exactly `text`."""
         return self.messages.filter(
             has=self.page.get_by_test_id("msg-text").get_by_text(text, exact=True)
+        )
+
+    def member(self, nick: str) -> Locator:
+        """The button that opens what can be done with `nick`."""
+        return self.page.get_by_test_id("member-list").get_by_role(
+            "button", name=f"Actions for {nick}", exact=True
+        )
+
+    def actions(self, nick: str) -> Locator:
+        """Opens the actions for `nick`, from the keyboard, and returns their panel."""
+        self.member(nick).focus()
+        self.page.keyboard.press("Enter")
+        panel = self.page.get_by_role("region", name=nick, exact=True)
+        expect(panel).to_be_visible()
+        return panel
+
+    def direct_button(self, nick: str) -> Locator:
+        return self.page.get_by_test_id("direct-list").get_by_role(
+            "button", name=re.compile(rf"^{re.escape(nick)}(\s|$)")
         )
 
     def room_button(self, name: str) -> Locator:

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Playwright, expect
+from playwright.sync_api import Browser, Playwright, Response, expect
 
+from .bots import Bot
 from .harness import (
     ARTIFACTS,
     DESKTOP,
@@ -461,3 +462,156 @@ def test_text_too_big_for_the_server_is_refused_by_the_page(open_chat: OpenChat)
     expect(bob.message("short one")).to_have_count(1)
     expect(ann.status).to_contain_text("Online")
     expect(ann.message("short one").get_by_test_id("msg-status")).to_have_text("Sent")
+
+
+# 120 messages kept: the page gets the newest 50 with `joined` and the rest in pages.
+@pytest.mark.server_args("--history", "200")
+def test_older_messages_load_when_scrolling_to_the_top(
+    open_chat: OpenChat, server: RawchatServer
+) -> None:
+    bot = Bot(server.port, "bot")
+    texts = [f"message {n}" for n in range(1, 121)]
+    for text in texts:
+        bot.post("lobby", text)
+    ann = open_chat("ann")
+    expect(ann.message("message 120")).to_be_in_viewport()
+    expect(ann.messages).to_have_count(50)
+
+    # Scrolling to the top brings the page before in, above the view: the message read
+    # stays in view and the new ones wait above it.
+    ann.log.hover()
+    for oldest, before in (("message 71", "message 21"), ("message 21", "message 1")):
+        ann.page.mouse.wheel(0, -100_000)
+        expect(ann.message(before)).to_have_count(1)
+        expect(ann.message(oldest)).to_be_in_viewport()
+        expect(ann.message(before)).not_to_be_in_viewport()
+    ann.page.mouse.wheel(0, -100_000)
+    expect(ann.message("message 1")).to_be_in_viewport()
+    expect(ann.messages.get_by_test_id("msg-text")).to_have_text(texts)
+    expect(ann.page.get_by_role("button", name="Load earlier messages")).to_be_hidden()
+    ann.screenshot("older-messages-desktop")
+
+    # A message arriving while the reader is at the top neither moves them nor repeats.
+    bot.post("lobby", "message 121")
+    expect(ann.message("message 121")).to_have_count(1)
+    expect(ann.message("message 1")).to_be_in_viewport()
+    expect(ann.messages.get_by_test_id("msg-text")).to_have_text([*texts, "message 121"])
+    bot.close()
+
+
+@pytest.mark.server_args("--history", "200")
+def test_earlier_messages_load_from_the_keyboard(
+    open_chat: OpenChat, server: RawchatServer
+) -> None:
+    bot = Bot(server.port, "bot")
+    texts = [f"line {n}" for n in range(1, 71)]
+    for text in texts:
+        bot.post("lobby", text)
+    ann = open_chat("ann")
+    expect(ann.messages).to_have_count(50)
+    load = ann.page.get_by_role("button", name="Load earlier messages")
+    load.focus()
+    ann.page.keyboard.press("Enter")
+    expect(ann.messages.get_by_test_id("msg-text")).to_have_text(texts)
+    expect(load).to_be_hidden()
+    bot.close()
+
+
+@pytest.mark.server_args("--history", "200")
+def test_a_long_absence_is_filled_in_pages_without_doubles(
+    open_chat: OpenChat, server: RawchatServer, make_proxy: Callable[[], TcpProxy]
+) -> None:
+    proxy = make_proxy()
+    ann = open_chat("ann", url=proxy.url)
+    bot = Bot(server.port, "bot")
+    bot.post("lobby", "before the drop")
+    expect(ann.message("before the drop")).to_have_count(1)
+
+    proxy.go_down()
+    expect(ann.status).to_contain_text("Reconnecting")
+    # More than a page missed: the resume brings the newest page, the rest comes after.
+    missed = [f"missed {n}" for n in range(1, 131)]
+    for text in missed:
+        bot.post("lobby", text)
+    proxy.go_up()
+
+    expect(ann.status).to_contain_text("Online")
+    expect(ann.messages.get_by_test_id("msg-text")).to_have_text(["before the drop", *missed])
+    expect(ann.log.get_by_test_id("notice")).to_have_count(0)
+    bot.close()
+
+
+def test_people_arriving_and_leaving_together_are_all_shown(
+    open_chat: OpenChat, server: RawchatServer, browser: Browser
+) -> None:
+    ann = open_chat("ann")
+    count = ann.page.get_by_test_id("member-count")
+    expect(count).to_have_text("1")
+    bob = open_chat("bob")
+    expect(ann.members).to_have_text(["ann(you)", "bob"])
+    expect(bob.members).to_have_text(["ann", "bob(you)"])
+    expect(ann.log).to_contain_text("bob joined")
+    expect(count).to_have_text("2")
+
+    # Arrivals within one presence tick come in one frame listing them all.
+    crowd = [Bot(server.port, f"guest {n}") for n in range(1, 5)]
+    expect(ann.members).to_have_text(
+        ["ann(you)", "bob", "guest 1", "guest 2", "guest 3", "guest 4"]
+    )
+    expect(count).to_have_text("6")
+    expect(bob.page.get_by_test_id("member-count")).to_have_text("6")
+    for bot in crowd:
+        bot.close()
+    expect(ann.members).to_have_text(["ann(you)", "bob"])
+    expect(count).to_have_text("2")
+
+    bob.page.context.close()
+    expect(ann.members).to_have_text(["ann(you)"])
+    expect(ann.log).to_contain_text("bob left")
+    expect(count).to_have_text("1")
+    ann.screenshot("presence-desktop")
+
+
+def test_a_crowd_past_the_listed_members_is_counted(
+    open_chat: OpenChat, server: RawchatServer
+) -> None:
+    # `joined` lists at most 200 members; `count` says how many there are.
+    crowd = [Bot(server.port, f"member {n:03}") for n in range(1, 211)]
+    ann = open_chat("ann")
+    expect(ann.page.get_by_test_id("member-count")).to_have_text("211")
+    listed = ann.members.filter(has_not_text=re.compile(r"^and \d+ more$"))
+    expect(ann.members.last).to_have_text(re.compile(r"^and \d+ more$"))
+    # The 200 listed, and ann herself, who arrived after them.
+    expect(listed.filter(has_text="ann(you)")).to_have_count(1)
+    shown = listed.count()
+    assert shown == 201
+    expect(ann.members.last).to_have_text(f"and {211 - shown} more")
+    for bot in crowd[:20]:
+        bot.close()
+    expect(ann.page.get_by_test_id("member-count")).to_have_text("191")
+    for bot in crowd[20:]:
+        bot.close()
+    expect(ann.page.get_by_test_id("member-count")).to_have_text("1")
+    expect(ann.members).to_have_text(["ann(you)"])
+
+
+def test_every_module_is_served_as_javascript(browser: Browser, server: RawchatServer) -> None:
+    # Browsers refuse a module script served with any other type.
+    context = browser.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        scripts: dict[str, str] = {}
+
+        def seen(response: Response) -> None:
+            if response.request.resource_type == "script":
+                name = response.url.rsplit("/", 1)[-1]
+                scripts[name] = response.headers.get("content-type", "")
+
+        page.on("response", seen)
+        page.goto(server.url)
+        expect(page.get_by_label("Choose a nickname")).to_be_focused()
+        modules = sorted(p.name for p in (Path(__file__).parents[2] / "static").glob("*.js"))
+        assert sorted(scripts) == modules
+        assert set(scripts.values()) == {"text/javascript; charset=utf-8"}
+    finally:
+        context.close()
