@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rawchat import __version__
-from rawchat.config import Config, KiB, MiB
+from rawchat.config import Config, KiB, MiB, default_data_dir
+from rawchat.store import StoreError
 
 
 def _size(text: str) -> int:
@@ -104,6 +105,20 @@ def parser() -> argparse.ArgumentParser:
         default=d.history_total,
         metavar="BYTES",
         help="bytes of messages kept by all rooms together (the largest rooms give way)",
+    )
+    p.add_argument(
+        "--history-ttl",
+        type=float,
+        default=d.history_ttl,
+        metavar="SECONDS",
+        help="seconds a message is kept, in memory and on disk (0: no age limit)",
+    )
+    p.add_argument(
+        "--data",
+        default=str(default_data_dir()),
+        metavar="DIR",
+        help="directory of the history database, so that history survives a restart;"
+        " 'none' keeps history in memory only (with --broker, Redis keeps it instead)",
     )
     p.add_argument(
         "--max-rooms",
@@ -252,6 +267,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             history=args.history,
             history_bytes=args.history_bytes,
             history_total=args.history_total,
+            history_ttl=args.history_ttl,
+            data=None if args.data.strip().lower() in ("none", "") else Path(args.data),
             max_rooms=args.max_rooms,
             log_level=args.log_level,
             log_format=args.log_format,
@@ -352,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rawchat.server import run
 
         run(config)
+    except StoreError as exc:  # a corrupt or newer database, a directory in use or unusable
+        logging.getLogger("rawchat").error("%s", exc)
+        return 1
     except OSError as exc:
         logging.getLogger("rawchat").error(
             "cannot listen on %s:%d: %s", config.host, config.port, exc

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from wsproto.frame_protocol import CloseReason
 
 from rawchat import http, metrics
+from rawchat.archive import Archive
 from rawchat.config import Config
 from rawchat.connection import Connection, Shared
 from rawchat.http_phase import Phase
@@ -32,6 +33,8 @@ class ServerState(Shared):
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(config, loop)
         self.broker: Broker | None = None
+        #: The history on disk, unless --data none or --broker (set by Server.start).
+        self.archive: Archive | None = None
         self.exposition = Exposition(
             Sources(
                 counters=self.metrics,
@@ -42,6 +45,7 @@ class ServerState(Shared):
                 holds=lambda: self.flow.holds,
                 broker=lambda: self.broker,
                 moderation=lambda: self.chat.moderation.counts,
+                store=lambda: None if self.archive is None else self.archive.store,
             )
         )
         exposition = self.exposition
@@ -81,6 +85,11 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.state = state = ServerState(self.config, loop)
+        # Before any room is made: rooms fill their window from it, ids go past its own.
+        archive = state.archive = Archive.open(self.config)
+        if archive is not None:
+            state.chat.shelf.archive = archive
+            state.chat.epoch = archive.epoch
         if self.config.broker is not None:
             from rawchat.broker import Broker
 
@@ -128,6 +137,8 @@ class Server:
         await self._server.wait_closed()
         if self.broker is not None:
             await self.broker.stop()
+        if state.archive is not None:
+            state.archive.close()  # the last batch: a few milliseconds of writing
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -144,7 +155,13 @@ def listening_line(config: Config, port: int) -> str:
     flavour = "uvloop" if config.use_uvloop else "asyncio"
     scheme = "https" if config.certfile else "http"
     host = f"[{config.host}]" if ":" in config.host else config.host
-    return f"rawchat listening on {scheme}://{host}:{port} ({flavour})"
+    if config.broker is not None:
+        kept = "history in Redis (--broker)"
+    elif config.data is None:
+        kept = "history in memory only (--data none)"
+    else:
+        kept = f"history in {config.data}"
+    return f"rawchat listening on {scheme}://{host}:{port} ({flavour}); {kept}"
 
 
 async def serve(config: Config, ready: Callable[[Server], None] | None = None) -> None:
