@@ -267,6 +267,7 @@ class History:
         message after it fits one page, exactly those (and no "more"); otherwise the
         newest page. Truncated when messages after ``after`` are gone.
         """
+        self._expire()
         seen = 0 if after is None else after
         if self.archive is not None and seen < self.dropped_through and seen <= self.last_id:
             return self._since_archived(after, seen, limit, max_bytes)
