@@ -104,6 +104,27 @@ class Archive:
         self.store.close()
 
 
+class StoredReservations:
+    """Reserved nicks (rawchat.identity.ReservedNicks) that survive a restart.
+
+    Checked in memory; a new reservation is written with the next batch, so a
+    crash can lose one made in the last batch window (its holder's next hello
+    with the token makes it again).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._keys = store.reserved_nicks()
+
+    def is_reserved(self, key: str) -> bool:
+        return key in self._keys
+
+    def reserve(self, key: str) -> None:
+        if key not in self._keys:
+            self._keys.add(key)
+            self.store.reserve_nick(key)
+
+
 class Shelf:
     """Makes each room's history, as the config and the archive (if any) say."""
 

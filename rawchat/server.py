@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from wsproto.frame_protocol import CloseReason
 
 from rawchat import http, metrics
-from rawchat.archive import Archive
+from rawchat.archive import Archive, StoredReservations
 from rawchat.config import Config
 from rawchat.connection import Connection, Shared
 from rawchat.http_phase import Phase
@@ -90,6 +90,7 @@ class Server:
         if archive is not None:
             state.chat.shelf.archive = archive
             state.chat.epoch = archive.epoch
+            state.chat.moderation.reserved = StoredReservations(archive.store)
         if self.config.broker is not None:
             from rawchat.broker import Broker
 

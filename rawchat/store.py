@@ -43,7 +43,7 @@ LOCK = "rawchat.lock"
 
 #: The schema this rawchat writes (SQLite's user_version). A database at an older
 #: version is brought forward by MIGRATIONS, one step at a time; a newer one is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE messages (
@@ -63,8 +63,12 @@ CREATE INDEX messages_by_age ON messages (ts);
 DROPPED = """
 CREATE TABLE dropped (room TEXT PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;
 """
+#: Version 3: nicks reserved by token holders (rawchat.identity), kept across restarts.
+NICKS = """
+CREATE TABLE reserved_nicks (key TEXT PRIMARY KEY) WITHOUT ROWID;
+"""
 #: version -> the script that takes a database from that version to the next.
-MIGRATIONS: dict[int, str] = {0: SCHEMA, 1: DROPPED}
+MIGRATIONS: dict[int, str] = {0: SCHEMA, 1: DROPPED, 2: NICKS}
 
 #: After a failed write, how long the writer waits before it tries again.
 RETRY_INTERVAL = 1.0
@@ -93,6 +97,12 @@ class _Forget(NamedTuple):
     room: str
 
 
+class _Nick(NamedTuple):
+    """Reserve a nick key for its token holder."""
+
+    key: str
+
+
 class _Delete(NamedTuple):
     """Remove one message (a moderator's delete), in order with the messages queued before."""
 
@@ -102,7 +112,7 @@ class _Delete(NamedTuple):
 
 _STOP = _Stop()
 _Item = tuple[str, int, float, str, str]
-_Work = _Item | _Forget | _Delete
+_Work = _Item | _Forget | _Delete | _Nick
 
 
 class Store:
@@ -196,6 +206,14 @@ class Store:
         self._queue.put(_Delete(room, id))
         row = self._reader.execute("SELECT 1 FROM messages WHERE room = ? AND id = ?", (room, id))
         return row.fetchone() is not None
+
+    def reserved_nicks(self) -> set[str]:
+        """Every nick key reserved so far."""
+        return {key for (key,) in self._reader.execute("SELECT key FROM reserved_nicks")}
+
+    def reserve_nick(self, key: str) -> None:
+        """Queue the reservation of nick ``key`` for the next batch."""
+        self._queue.put(_Nick(key))
 
     def forget(self, room: str) -> None:
         """Drop a room's stored history (its ids stay reserved)."""
@@ -298,6 +316,9 @@ class Store:
                 continue
             if isinstance(item, _Delete):
                 pruner.delete(item.room, item.id)
+                continue
+            if isinstance(item, _Nick):
+                db.execute("INSERT OR IGNORE INTO reserved_nicks VALUES (?)", item)
                 continue
             room, id, ts, nick, text = item
             size = size_of(nick, text)

@@ -265,3 +265,27 @@ def test_a_full_disk_degrades_health_counts_errors_and_live_chat_goes_on(
 
     with caplog.at_level("CRITICAL", logger="rawchat.store"):
         run(main)
+
+
+def test_a_nick_reserved_by_its_token_holder_stays_reserved_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 32)
+
+    async def main() -> None:
+        from rawchat.identity import Tokens
+
+        token = Tokens.from_file(secret).issue("Dana", 3600)
+        async with serving(data=tmp_path, token_secret_file=secret) as server:
+            dana, welcome, _ = await hello(ws_url(server), "Dana", token=token)
+            assert welcome["verified"] is True
+            await dana.close()
+        async with serving(data=tmp_path, token_secret_file=secret) as server:
+            guest = await websockets.connect(ws_url(server), subprotocols=["rawchat.v1"])
+            await guest.send(json.dumps({"type": "hello", "nick": "dana"}))
+            refused = await next_of(guest, "error")
+            assert refused["code"] == "nick_reserved"
+            await guest.close()
+
+    run(main)

@@ -289,5 +289,5 @@ def test_a_first_version_database_is_migrated_and_keeps_its_history(tmp_path: Pa
     finally:
         store.close()
     check = sqlite3.connect(tmp_path / DATABASE)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     check.close()
