@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import sqlite3
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -16,9 +17,10 @@ import websockets
 
 from rawchat import store as store_module
 from rawchat.archive import MEMORY_WINDOW
+from rawchat.store import DATABASE
 from tests.integration.conftest import run, serving, ws_url
 from tests.integration.test_v1_loopback import hello, next_of
-from tests.processes import ServerProcess
+from tests.processes import RAWCHAT, ServerProcess
 
 LOBBY = "lobby"
 
@@ -289,3 +291,24 @@ def test_a_nick_reserved_by_its_token_holder_stays_reserved_after_a_restart(
             await guest.close()
 
     run(main)
+
+
+def test_a_second_server_on_the_same_data_and_a_corrupt_database_are_refused_by_name(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    command = [*RAWCHAT, "--port", "0", "--data", str(data)]
+    with ServerProcess("--port", "0", "--data", str(data)) as first:
+        second = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert f"{data} is in use by another rawchat (pid {first.process.pid})" in second.stderr
+        assert "listening" not in second.stderr
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / DATABASE).write_bytes(b"not a database at all, " * 100)
+    refused = subprocess.run(
+        [*RAWCHAT, "--port", "0", "--data", str(broken)], capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode == 1
+    assert f"{broken / DATABASE} is not a rawchat history database" in refused.stderr
+    assert (broken / DATABASE).read_bytes() == b"not a database at all, " * 100
