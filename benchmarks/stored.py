@@ -4,7 +4,8 @@
 
 * ``ingest_one_room`` / ``ingest_1000_rooms``: messages per second through
   ``Archive.record`` (what the fan-out's path calls), counted until the writer has
-  committed the last of them (``Store.close`` waits for it).
+  committed the last of them (``Store.close`` waits for it); ``*_cpu_us_per_msg``: the
+  CPU both threads spent per message (less sensitive to a busy machine than the rate).
 * ``restart_*``: a store of 1,000 rooms x ``--rooms-history`` messages, then the time
   ``python -m rawchat --data DIR`` takes to log its listening line, against the same
   with an empty directory; and in-process, the time to open (fill from the store) the
@@ -35,19 +36,22 @@ from rawchat.store import Store
 ROOMS = 1000
 
 
-def ingest(directory: Path, messages: int, rooms: int) -> float:
-    """Messages per second recorded and committed, spread over ``rooms`` rooms."""
+def ingest(directory: Path, messages: int, rooms: int) -> tuple[float, float]:
+    """Messages per second recorded and committed, spread over ``rooms`` rooms, and the
+    CPU time (both threads, microseconds) each message cost."""
     archive = Archive(Store(directory, Retention(count=100, bytes=1 << 20)))
     names = [f"room-{n}" for n in range(rooms)]
     ids = [0] * rooms
     text = "x" * 64
     started = time.perf_counter()
+    cpu = time.process_time()
     for n in range(messages):
         index = n % rooms
         ids[index] += 1
         archive.record(names[index], ids[index], time.time(), "bench", text)
     archive.close()
-    return messages / (time.perf_counter() - started)
+    cpu_us = (time.process_time() - cpu) / messages * 1e6
+    return messages / (time.perf_counter() - started), cpu_us
 
 
 def commit_times(directory: Path, messages: int) -> list[float]:
@@ -130,7 +134,8 @@ def main() -> None:
         root = Path(tmp)
         for name, rooms in (("ingest_one_room", 1), ("ingest_1000_rooms", ROOMS)):
             runs = [ingest(root / f"{name}-{n}", args.messages, rooms) for n in range(args.repeat)]
-            result[name] = round(statistics.median(runs))
+            result[name] = round(statistics.median(rate for rate, _ in runs))
+            result[f"{name}_cpu_us_per_msg"] = round(statistics.median(us for _, us in runs), 1)
         commits = sorted(commit_times(root / "commits", 20_000))
         result["commit_ms_p50"] = round(commits[len(commits) // 2], 3)
         result["commit_ms_p99"] = round(commits[int(len(commits) * 0.99)], 3)
