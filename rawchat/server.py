@@ -156,13 +156,16 @@ def listening_line(config: Config, port: int) -> str:
     flavour = "uvloop" if config.use_uvloop else "asyncio"
     scheme = "https" if config.certfile else "http"
     host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"rawchat listening on {scheme}://{host}:{port} ({flavour})"
+
+
+def history_line(config: Config) -> str:
+    """Where history is kept, logged right after the listening line."""
     if config.broker is not None:
-        kept = "history in Redis (--broker)"
-    elif config.data is None:
-        kept = "history in memory only (--data none)"
-    else:
-        kept = f"history in {config.data}"
-    return f"rawchat listening on {scheme}://{host}:{port} ({flavour}); {kept}"
+        return "history in Redis (--broker)"
+    if config.data is None:
+        return "history in memory only (--data none)"
+    return f"history in {config.data} (--data)"
 
 
 async def serve(config: Config, ready: Callable[[Server], None] | None = None) -> None:
@@ -176,6 +179,7 @@ async def serve(config: Config, ready: Callable[[Server], None] | None = None) -
     try:
         await server.start()
         log.info("%s", listening_line(config, server.port))
+        log.info("%s", history_line(config))
         if ready is not None:
             ready(server)
         await stop.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -64,7 +65,7 @@ def test_a_restart_keeps_the_epoch_the_ids_and_exactly_what_a_resuming_client_mi
 
     async def main() -> None:
         with ServerProcess("--port", "0", "--data", data) as first:
-            assert f"history in {data}" in first.ready.string
+            first.line_matching(f"history in {re.escape(data)} ")
             ann, welcome, _ = await hello(url_of(first), "ann")
             bob, _, _ = await hello(url_of(first), "bob")
             for n in range(3):
