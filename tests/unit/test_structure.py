@@ -18,14 +18,14 @@ MAX_CLASS_LINES = 250
 #: entry is a debt to pay by splitting the module; the test fails if it grows.
 KNOWN_LARGE: dict[str, int] = {
     "broker.py": 443,
-    "chat.py": 426,
+    "chat.py": 410,
     # Its WebSocket phase (message assembly, rate checks, the close handshake)
     # is still inside the asyncio protocol.
     "connection.py": 613,
 }
 KNOWN_LARGE_CLASSES: dict[str, int] = {
     "broker.py:Broker": 339,
-    "chat.py:Chat": 372,
+    "chat.py:Chat": 364,
     "connection.py:Connection": 506,
 }
 
