@@ -270,27 +270,13 @@ class History:
         self._expire()
         seen = 0 if after is None else after
         if self.archive is not None and seen < self.dropped_through and seen <= self.last_id:
-            return self._since_archived(after, seen, limit, max_bytes)
+            return _since_archived(self, after, seen, limit, max_bytes)
         truncated = seen < self.dropped_through or seen > self.last_id
         page, more = self.page(None, limit, max_bytes)
         if after is None or truncated:
             return page, more, truncated
         missed = len(self._ids) - bisect_right(self._ids, after)
         if missed <= len(page):
-            return page[len(page) - missed :], False, False
-        return page, True, False
-
-    def _since_archived(
-        self, after: int | None, seen: int, limit: int, max_bytes: int
-    ) -> tuple[list[str], bool, bool]:
-        """``since`` when memory lacks some messages after ``seen``: the archive may not."""
-        assert self.archive is not None
-        truncated = seen < self.archive.gone_through(self.room)
-        ids, page, more = self._window(None, limit, max_bytes)
-        if after is None or truncated:
-            return page, more, truncated
-        missed = len(ids) - bisect_right(ids, seen)
-        if missed < len(ids) or not more:
             return page[len(page) - missed :], False, False
         return page, True, False
 
@@ -374,3 +360,20 @@ def _older(
     ids.reverse()
     page.reverse()
     return ids, page, len(page) < len(rows)
+
+
+def _since_archived(
+    history: History, after: int | None, seen: int, limit: int, max_bytes: int
+) -> tuple[list[str], bool, bool]:
+    """``History.since`` when memory lacks some messages after ``seen``: the archive may not.
+    A window of one more than a page says, by reaching back to ``seen``, if they fit."""
+    assert history.archive is not None
+    truncated = seen < history.archive.gone_through(history.room)
+    if after is None or truncated:
+        _, page, more = history._window(None, limit, max_bytes)
+        return page, more, truncated
+    ids, page, more = history._window(None, limit + 1, max_bytes)
+    missed = len(ids) - bisect_right(ids, seen)
+    if missed <= limit and (missed < len(ids) or not more):
+        return page[len(page) - missed :], False, False
+    return page[-limit:], True, False

@@ -73,11 +73,7 @@ class Pruner:
             if retention.bytes and size > retention.bytes:
                 excess = max(excess, self._excess_bytes(room, size - retention.bytes))
             if excess > 0:
-                self._drop(
-                    "DELETE FROM messages WHERE room = ? AND id IN (SELECT id FROM messages"
-                    " WHERE room = ? ORDER BY id LIMIT ?) RETURNING room, size, id",
-                    (room, room, min(excess, count - 1)),
-                )
+                self._drop_oldest(room, min(excess, count - 1))
         now = time.time()
         if retention.seconds and now >= self.next_expiry:
             self.next_expiry = now + EXPIRY_INTERVAL
@@ -85,6 +81,24 @@ class Pruner:
                 "DELETE FROM messages WHERE ts < ? RETURNING room, size, id",
                 (now - retention.seconds,),
             )
+
+    def _drop_oldest(self, room: str, n: int) -> None:
+        """Delete the room's ``n`` oldest messages in a few statements whatever ``n`` is
+        (DELETE ... RETURNING would be a step, and a GIL hand-over, per row)."""
+        dropped, size, through = self.db.execute(
+            "SELECT COUNT(*), TOTAL(size), MAX(id) FROM"
+            " (SELECT size, id FROM messages WHERE room = ? ORDER BY id LIMIT ?)",
+            (room, n),
+        ).fetchone()
+        if not dropped:
+            return
+        self.db.execute("DELETE FROM messages WHERE room = ? AND id <= ?", (room, through))
+        tally = self.tally[room]
+        tally[0] -= dropped
+        tally[1] -= int(size)
+        if tally[0] <= 0:
+            del self.tally[room]
+        self._dropped_through({room: through})
 
     def _excess_bytes(self, room: str, over: int) -> int:
         """How many of the room's oldest messages add up to at least ``over`` bytes."""
@@ -101,6 +115,9 @@ class Pruner:
         for room, size, id in self.db.execute(sql, args).fetchall():
             self._untally(room, size)
             through[room] = max(through.get(room, 0), id)
+        self._dropped_through(through)
+
+    def _dropped_through(self, through: dict[str, int]) -> None:
         self.db.executemany(
             "INSERT INTO dropped VALUES (?, ?) ON CONFLICT (room)"
             " DO UPDATE SET through = MAX(through, excluded.through)",

@@ -23,6 +23,7 @@ the writer.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import queue
@@ -309,27 +310,41 @@ class Store:
     @staticmethod
     def _write(db: sqlite3.Connection, pruner: Pruner, batch: list[_Work]) -> None:
         rooms: set[str] = set()
+        run: list[tuple[str, int, float, str, str, int]] = []
         for item in batch:
+            if not isinstance(item, _Forget | _Delete | _Nick):
+                room, id, ts, nick, text = item
+                size = size_of(nick, text)
+                run.append((room, id, ts, nick, text, size))
+                pruner.inserted(room, size)
+                rooms.add(room)
+                continue
+            _insert(db, run)  # what came before, first: the queue's order is kept
             if isinstance(item, _Forget):
                 pruner.forget(item.room)
                 rooms.discard(item.room)
-                continue
-            if isinstance(item, _Delete):
+            elif isinstance(item, _Delete):
                 pruner.delete(item.room, item.id)
-                continue
-            if isinstance(item, _Nick):
+            else:
                 db.execute("INSERT OR IGNORE INTO reserved_nicks VALUES (?)", item)
-                continue
-            room, id, ts, nick, text = item
-            size = size_of(nick, text)
-            added = db.execute(
-                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
-                (room, id, ts, nick, text, size),
-            ).rowcount
-            if added:
-                pruner.inserted(room, size)
-                rooms.add(room)
+        _insert(db, run)
         pruner.prune(rooms)
+
+
+def _insert(db: sqlite3.Connection, run: list[tuple[str, int, float, str, str, int]]) -> None:
+    """Insert ``run`` (then empty it) with one statement.
+
+    One statement is one sqlite3_step, so the writer gives up and takes back the GIL
+    once, not once per row: each taking back can wait a switch interval (5 ms) for a
+    busy event loop, and per row that made the writer fall seconds behind.
+    """
+    if run:
+        db.execute(
+            "INSERT OR IGNORE INTO messages SELECT value ->> 0, value ->> 1, value ->> 2,"
+            " value ->> 3, value ->> 4, value ->> 5 FROM json_each(?)",
+            (json.dumps(run),),
+        )
+        run.clear()
 
 
 def _lock(directory: Path) -> int:
