@@ -97,6 +97,13 @@ class ServerSpec:
         if self.name == "rawchat":
             known = rawchat_options(self.tree or REPO_ROOT)
             args += [a for a in RAWCHAT_USER_ARGS if a.partition("=")[0] in known]
+            if "--data" in known:
+                # History on disk, as users run it, in a directory of this run's own: not the
+                # user's, and not one another benchmark's server holds. --server-arg=--data=none
+                # measures without it.
+                data = tempfile.mkdtemp(prefix="bench-rawchat-data-")
+                atexit.register(shutil.rmtree, data, ignore_errors=True)
+                args.append(f"--data={data}")
             if self.broker is not None:
                 args.append(f"--broker={self.broker}")
             if self.workers > 1:

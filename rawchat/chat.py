@@ -24,8 +24,9 @@ from functools import partial
 
 from rawchat import frames, identity, replies
 from rawchat import messages as m
+from rawchat.archive import Shelf
 from rawchat.config import Config
-from rawchat.history import PAGE_BYTES, History, Ledger
+from rawchat.history import PAGE_BYTES
 from rawchat.hub import Hub, Outbox
 from rawchat.identity import GUEST
 from rawchat.moderation import Moderation
@@ -56,8 +57,8 @@ class Chat:
     ) -> None:
         self.hub = hub
         self.history = config.history
-        self.history_bytes = config.history_bytes
-        self.ledger = Ledger(config.history_total)
+        #: Makes each room's history: memory, and the store behind it (rawchat.archive).
+        self.shelf = Shelf(config, clock)
         self.max_rooms = config.max_rooms
         self.max_bytes = config.max_message
         self.max_text = m.max_text_for(config.max_message)
@@ -366,15 +367,7 @@ class Chat:
         """The room called ``name``, made (and, with a broker, loaded) if need be."""
         room = self.rooms.get(name)
         if room is None:
-            history = History(
-                name,
-                max_count=self.history,
-                max_bytes=self.history_bytes,
-                encode=replies.encode_msg,
-                ledger=self.ledger,
-                base=self.forgotten_ids,
-            )
-            room = self.rooms[name] = Room(name, history)
+            room = self.rooms[name] = Room(name, self.shelf.make(name, self.forgotten_ids))
             if self.relay is not None and self.relay.up:
                 room.loaded = False
                 self.relay.load(room)

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rawchat import __version__
-from rawchat.config import Config, KiB, MiB, raise_open_files_limit
+from rawchat.config import Config, KiB, MiB, default_data_dir, raise_open_files_limit
 from rawchat.proxies import networks
+from rawchat.store import StoreError
 
 
 def _size(text: str) -> int:
@@ -116,6 +117,20 @@ def parser() -> argparse.ArgumentParser:
         default=d.history_total,
         metavar="BYTES",
         help="bytes of messages kept by all rooms together (the largest rooms give way)",
+    )
+    p.add_argument(
+        "--history-ttl",
+        type=float,
+        default=d.history_ttl,
+        metavar="SECONDS",
+        help="seconds a message is kept, in memory and on disk (0: no age limit)",
+    )
+    p.add_argument(
+        "--data",
+        default=str(default_data_dir()),
+        metavar="DIR",
+        help="directory of the history database, so that history survives a restart;"
+        " 'none' keeps history in memory only (with --broker, Redis keeps it instead)",
     )
     p.add_argument(
         "--max-rooms",
@@ -270,6 +285,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             history=args.history,
             history_bytes=args.history_bytes,
             history_total=args.history_total,
+            history_ttl=args.history_ttl,
+            data=None if args.data.strip().lower() in ("none", "") else Path(args.data),
             max_rooms=args.max_rooms,
             log_level=args.log_level,
             log_format=args.log_format,
@@ -314,43 +331,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def token_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="rawchat token",
-        description="Print a signed token for NICK (give it to the client, it goes in hello).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("nick", metavar="NICK")
-    p.add_argument(
-        "--secret-file", type=Path, required=True, metavar="PATH", help="the server's secret"
-    )
-    p.add_argument("--operator", action="store_true", help="may moderate every room")
-    p.add_argument(
-        "--ttl", type=float, default=30 * 24 * 3600, metavar="SECONDS", help="valid this long"
-    )
-    return p
-
-
-def token_main(argv: Sequence[str]) -> int:
-    """``rawchat token NICK --secret-file PATH [--operator] [--ttl SECONDS]``."""
-    from rawchat.identity import Tokens
-    from rawchat.messages import ProtocolError, validate_nick
-
-    p = token_parser()
-    args = p.parse_args(argv)
-    if args.ttl <= 0:
-        p.error("--ttl must be positive")
-    try:
-        nick = validate_nick(args.nick)
-        tokens = Tokens.from_file(args.secret_file)
-    except ProtocolError as exc:
-        p.error(exc.message)
-    except (OSError, ValueError) as exc:
-        p.error(str(exc))
-    print(tokens.issue(nick, args.ttl, operator=args.operator))
-    return 0
-
-
 def _count(limit: int) -> str:
     return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
 
@@ -358,6 +338,8 @@ def _count(limit: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == ["token"]:
+        from rawchat.token_command import token_main
+
         return token_main(arguments[1:])
     before, soft, hard = raise_open_files_limit()
     config = config_from_args(argv)
@@ -384,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
         run(config, started)
+    except StoreError as exc:  # a corrupt or newer database, a directory in use or unusable
+        logging.getLogger("rawchat").error("%s", exc)
+        return 1
     except OSError as exc:
         logging.getLogger("rawchat").error(
             "cannot listen on %s:%d: %s", config.host, config.port, exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
 from pathlib import Path
 
@@ -57,6 +58,14 @@ def raise_open_files_limit() -> tuple[int, int, int]:
     return soft, target, hard
 
 
+def default_data_dir() -> Path:
+    """Where history is kept unless --data says otherwise: $XDG_DATA_HOME/rawchat, or
+    ~/.local/share/rawchat (the XDG default), the same for `make run` and an install."""
+    base = os.environ.get("XDG_DATA_HOME") or ""
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "share"
+    return root / "rawchat"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
@@ -92,6 +101,12 @@ class Config:
     #: the largest rooms go first).
     history_bytes: int = 1 * MiB
     history_total: int = 64 * MiB
+    #: Seconds a message is kept (0: no age limit), in memory and in the store.
+    history_ttl: float = 0.0
+    #: Directory of the history database (rawchat.store); None keeps history in memory
+    #: only. Not used with a broker: Redis holds the history then. The command line's
+    #: default is default_data_dir(); a Config built in code keeps to memory.
+    data: Path | None = None
     #: Rooms one rawchat.v1 client may be in at once.
     max_rooms: int = 16
     log_level: str = "info"
@@ -161,6 +176,7 @@ class Config:
             "handshake_rate",
             "handshake_burst",
             "flood_timeout",
+            "history_ttl",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative (0 means no limit)")

@@ -19,6 +19,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -73,6 +74,20 @@ class BrokerStatus(Protocol):
     outages: int
 
 
+class StoreStatus(Protocol):
+    """The history store's health (rawchat.store.Store)."""
+
+    path: Path
+    #: Why writes fail, while they do; None when healthy.
+    failing: str | None
+    errors: int
+    lost: int
+
+
+def _no_store() -> StoreStatus | None:
+    return None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Sources:
     """Where a scrape reads its values from, each read when it is asked for."""
@@ -89,6 +104,8 @@ class Sources:
     broker: Callable[[], BrokerStatus | None]
     #: Moderation actions taken and tokens refused, by kind.
     moderation: Callable[[], dict[str, int]]
+    #: The history database, unless history is kept in memory only or in Redis.
+    store: Callable[[], StoreStatus | None] = _no_store
 
 
 class RawchatCollector(Collector):
@@ -167,6 +184,19 @@ class RawchatCollector(Collector):
         if broker is not None:
             yield _gauge("rawchat_broker_up", "1 while the Redis broker is reachable.", broker.up)
             yield _counter("rawchat_broker_outages", "Times the broker was lost.", broker.outages)
+        store = s.store()
+        if store is not None:
+            yield _counter(
+                "rawchat_store_errors",
+                "Batches of history the store failed to write (each is retried).",
+                store.errors,
+            )
+            yield _counter(
+                "rawchat_store_lost",
+                "Messages given up after the store failed to write them for too long.",
+                store.lost,
+            )
+            yield _gauge("rawchat_store_up", "1 while history is being written.", not store.failing)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -211,4 +241,10 @@ class Exposition:
             report["broker"] = {"up": broker.up, "node": broker.node, "outages": broker.outages}
             if not broker.up:
                 report["status"] = "degraded"
+        store = s.store()
+        if store is not None:
+            report["store"] = {"path": str(store.path), "failing": store.failing}
+            if store.failing is not None:
+                report["status"] = "degraded"
+                report["reason"] = f"cannot write history to {store.path}: {store.failing}"
         return json.dumps(report).encode()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from wsproto.frame_protocol import CloseReason
 
 from rawchat import http, metrics
+from rawchat.archive import Archive, StoredReservations
 from rawchat.config import Config
 from rawchat.connection import Connection, Shared
 from rawchat.http_phase import Phase
@@ -32,6 +33,8 @@ class ServerState(Shared):
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(config, loop)
         self.broker: Broker | None = None
+        #: The history on disk, unless --data none or --broker (set by Server.start).
+        self.archive: Archive | None = None
         self.exposition = Exposition(
             Sources(
                 counters=self.metrics,
@@ -42,6 +45,7 @@ class ServerState(Shared):
                 holds=lambda: self.flow.holds,
                 broker=lambda: self.broker,
                 moderation=lambda: self.chat.moderation.counts,
+                store=lambda: None if self.archive is None else self.archive.store,
             )
         )
         exposition = self.exposition
@@ -83,6 +87,12 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.state = state = ServerState(self.config, loop)
+        # Before any room is made: rooms fill their window from it, ids go past its own.
+        archive = state.archive = Archive.open(self.config)
+        if archive is not None:
+            state.chat.shelf.archive = archive
+            state.chat.epoch = archive.epoch
+            state.chat.moderation.reserved = StoredReservations(archive.store)
         if self.config.broker is not None:
             from rawchat.broker import Broker
 
@@ -132,6 +142,8 @@ class Server:
         await self._server.wait_closed()
         if self.broker is not None:
             await self.broker.stop()
+        if state.archive is not None:
+            state.archive.close()  # the last batch: a few milliseconds of writing
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -151,6 +163,15 @@ def listening_line(config: Config, port: int) -> str:
     return f"rawchat listening on {scheme}://{host}:{port} ({flavour})"
 
 
+def history_line(config: Config) -> str:
+    """Where history is kept, logged right after the listening line."""
+    if config.broker is not None:
+        return "history in Redis (--broker)"
+    if config.data is None:
+        return "history in memory only (--data none)"
+    return f"history in {config.data} (--data)"
+
+
 async def serve(config: Config, ready: Callable[[Server], None] | None = None) -> None:
     # Signals are caught before anything starts, so that one arriving while
     # the broker connects still ends in a graceful shutdown.
@@ -162,6 +183,7 @@ async def serve(config: Config, ready: Callable[[Server], None] | None = None) -
     try:
         await server.start()
         log.info("%s", listening_line(config, server.port))
+        log.info("%s", history_line(config))
         if ready is not None:
             ready(server)
         await stop.wait()

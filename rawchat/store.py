@@ -23,6 +23,7 @@ the writer.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import queue
@@ -30,9 +31,10 @@ import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
+
+from rawchat.retention import Pruner, Retention, size_of
 
 log = logging.getLogger("rawchat.store")
 
@@ -42,7 +44,7 @@ LOCK = "rawchat.lock"
 
 #: The schema this rawchat writes (SQLite's user_version). A database at an older
 #: version is brought forward by MIGRATIONS, one step at a time; a newer one is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE messages (
@@ -56,13 +58,19 @@ CREATE TABLE messages (
 ) WITHOUT ROWID;
 CREATE INDEX messages_by_age ON messages (ts);
 """
+#: Version 2: the newest id retention dropped from each room, so that a client resuming
+#: from before it is told its view is truncated, and one resuming past it is not (ids
+#: have gaps: the oldest id kept does not say which ids are gone).
+DROPPED = """
+CREATE TABLE dropped (room TEXT PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;
+"""
+#: Version 3: nicks reserved by token holders (rawchat.identity), kept across restarts.
+NICKS = """
+CREATE TABLE reserved_nicks (key TEXT PRIMARY KEY) WITHOUT ROWID;
+"""
 #: version -> the script that takes a database from that version to the next.
-MIGRATIONS: dict[int, str] = {0: SCHEMA}
+MIGRATIONS: dict[int, str] = {0: SCHEMA, 1: DROPPED, 2: NICKS}
 
-#: Bytes a stored message costs besides its nick and text (ids, timestamp, JSON keys).
-OVERHEAD = 64
-#: How often the writer deletes messages older than the retention's age limit.
-EXPIRY_INTERVAL = 1.0
 #: After a failed write, how long the writer waits before it tries again.
 RETRY_INTERVAL = 1.0
 #: Messages kept for a retry while the disk refuses writes; older ones are given up.
@@ -80,20 +88,6 @@ class Stored(NamedTuple):
     text: str
 
 
-@dataclass(frozen=True)
-class Retention:
-    """How much history each room keeps; 0 means no limit of that kind."""
-
-    count: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-
-
-def size_of(nick: str, text: str) -> int:
-    """What a message counts against a room's byte budget."""
-    return len(nick.encode()) + len(text.encode()) + OVERHEAD
-
-
 class _Stop:
     """Tells the writer thread to commit what it has and end."""
 
@@ -104,8 +98,22 @@ class _Forget(NamedTuple):
     room: str
 
 
+class _Nick(NamedTuple):
+    """Reserve a nick key for its token holder."""
+
+    key: str
+
+
+class _Delete(NamedTuple):
+    """Remove one message (a moderator's delete), in order with the messages queued before."""
+
+    room: str
+    id: int
+
+
 _STOP = _Stop()
 _Item = tuple[str, int, float, str, str]
+_Work = _Item | _Forget | _Delete | _Nick
 
 
 class Store:
@@ -133,7 +141,7 @@ class Store:
         except sqlite3.DatabaseError as error:
             os.close(self._lock)
             raise StoreError(f"{self.path} is not a rawchat history database ({error})") from None
-        self._queue: queue.SimpleQueue[_Item | _Forget | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Work | _Stop] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="rawchat-store", daemon=True)
         self._writer.start()
 
@@ -184,6 +192,30 @@ class Store:
         first: int | None = row.fetchone()[0]
         return first
 
+    def dropped(self, room: str) -> int:
+        """The newest id retention has dropped from the room (0: none)."""
+        row = self._reader.execute("SELECT through FROM dropped WHERE room = ?", (room,))
+        found = row.fetchone()
+        return 0 if found is None else int(found[0])
+
+    def delete(self, room: str, id: int) -> bool:
+        """Queue the removal of message ``id``; whether it is stored (or queued) now.
+
+        A message queued and not yet written is removed all the same: the queue
+        keeps the order, so the removal comes after it.
+        """
+        self._queue.put(_Delete(room, id))
+        row = self._reader.execute("SELECT 1 FROM messages WHERE room = ? AND id = ?", (room, id))
+        return row.fetchone() is not None
+
+    def reserved_nicks(self) -> set[str]:
+        """Every nick key reserved so far."""
+        return {key for (key,) in self._reader.execute("SELECT key FROM reserved_nicks")}
+
+    def reserve_nick(self, key: str) -> None:
+        """Queue the reservation of nick ``key`` for the next batch."""
+        self._queue.put(_Nick(key))
+
     def forget(self, room: str) -> None:
         """Drop a room's stored history (its ids stay reserved)."""
         self._queue.put(_Forget(room))
@@ -212,15 +244,15 @@ class Store:
 
     def _write_loop(self) -> None:
         db = _connect(self.path)
-        pruner: _Pruner | None = None
-        pending: list[_Item | _Forget] = []
+        pruner: Pruner | None = None
+        pending: list[_Work] = []
         stopping = False
         while True:
             if not stopping:
                 stopping = self._collect(pending, RETRY_INTERVAL if pending else self.window)
             try:
                 with db:
-                    pruner = pruner or _Pruner(db, self.retention)
+                    pruner = pruner or Pruner(db, self.retention)
                     self._write(db, pruner, pending)
             except sqlite3.Error as error:
                 # The transaction rolled back, tallies included: count afresh next time.
@@ -241,24 +273,28 @@ class Store:
                 break
         db.close()
 
-    def _collect(self, pending: list[_Item | _Forget], window: float) -> bool:
+    def _collect(self, pending: list[_Work], window: float) -> bool:
         """Add to ``pending`` what arrives within ``window`` (waiting for a first item when
-        there is none); True when the store is closing."""
+        there is none); True when the store is closing.
+
+        The thread sleeps through the window and then takes everything at once: waking
+        for each message would make it ask the event loop's thread for the GIL once
+        per message, and the fan-out measurably stalls on that.
+        """
         if not pending:
             first = self._queue.get()
             if isinstance(first, _Stop):
                 return True
             pending.append(first)
-        deadline = time.monotonic() + window
-        while (left := deadline - time.monotonic()) > 0:
+        time.sleep(window)
+        while True:
             try:
-                item = self._queue.get(timeout=left)
+                item = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return False
             if isinstance(item, _Stop):
                 return True
             pending.append(item)
-        return False
 
     def _failed(self, error: sqlite3.Error) -> None:
         self.errors += 1
@@ -272,90 +308,43 @@ class Store:
         self.failing = str(error)
 
     @staticmethod
-    def _write(db: sqlite3.Connection, pruner: _Pruner, batch: list[_Item | _Forget]) -> None:
+    def _write(db: sqlite3.Connection, pruner: Pruner, batch: list[_Work]) -> None:
         rooms: set[str] = set()
+        run: list[tuple[str, int, float, str, str, int]] = []
         for item in batch:
+            if not isinstance(item, _Forget | _Delete | _Nick):
+                room, id, ts, nick, text = item
+                size = size_of(nick, text)
+                run.append((room, id, ts, nick, text, size))
+                pruner.inserted(room, size)
+                rooms.add(room)
+                continue
+            _insert(db, run)  # what came before, first: the queue's order is kept
             if isinstance(item, _Forget):
                 pruner.forget(item.room)
                 rooms.discard(item.room)
-                continue
-            room, id, ts, nick, text = item
-            size = size_of(nick, text)
-            added = db.execute(
-                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
-                (room, id, ts, nick, text, size),
-            ).rowcount
-            if added:
-                pruner.inserted(room, size)
-                rooms.add(room)
+            elif isinstance(item, _Delete):
+                pruner.delete(item.room, item.id)
+            else:
+                db.execute("INSERT OR IGNORE INTO reserved_nicks VALUES (?)", item)
+        _insert(db, run)
         pruner.prune(rooms)
 
 
-class _Pruner:
-    """Keeps each room within its retention, inside the writer's transaction.
+def _insert(db: sqlite3.Connection, run: list[tuple[str, int, float, str, str, int]]) -> None:
+    """Insert ``run`` (then empty it) with one statement.
 
-    Each room's message count and bytes are tallied in memory (read once at
-    start), so a batch costs a few indexed deletes, not a scan of the room.
+    One statement is one sqlite3_step, so the writer gives up and takes back the GIL
+    once, not once per row: each taking back can wait a switch interval (5 ms) for a
+    busy event loop, and per row that made the writer fall seconds behind.
     """
-
-    def __init__(self, db: sqlite3.Connection, retention: Retention) -> None:
-        self.db = db
-        self.retention = retention
-        self.next_expiry = 0.0
-        self.tally: dict[str, list[int]] = {
-            room: [count, size]
-            for room, count, size in db.execute(
-                "SELECT room, COUNT(*), SUM(size) FROM messages GROUP BY room"
-            )
-        }
-
-    def inserted(self, room: str, size: int) -> None:
-        tally = self.tally.setdefault(room, [0, 0])
-        tally[0] += 1
-        tally[1] += size
-
-    def forget(self, room: str) -> None:
-        self.db.execute("DELETE FROM messages WHERE room = ?", (room,))
-        self.tally.pop(room, None)
-
-    def prune(self, rooms: set[str]) -> None:
-        retention = self.retention
-        for room in rooms:
-            count, size = self.tally[room]
-            excess = count - retention.count if retention.count else 0
-            if retention.bytes and size > retention.bytes:
-                excess = max(excess, self._excess_bytes(room, size - retention.bytes))
-            if excess > 0:
-                self._drop(
-                    "DELETE FROM messages WHERE room = ? AND id IN (SELECT id FROM messages"
-                    " WHERE room = ? ORDER BY id LIMIT ?) RETURNING room, size",
-                    (room, room, min(excess, count - 1)),
-                )
-        now = time.time()
-        if retention.seconds and now >= self.next_expiry:
-            self.next_expiry = now + EXPIRY_INTERVAL
-            self._drop(
-                "DELETE FROM messages WHERE ts < ? RETURNING room, size",
-                (now - retention.seconds,),
-            )
-
-    def _excess_bytes(self, room: str, over: int) -> int:
-        """How many of the room's oldest messages add up to at least ``over`` bytes."""
-        rows = self.db.execute("SELECT size FROM messages WHERE room = ? ORDER BY id", (room,))
-        dropped = 0
-        for n, (size,) in enumerate(rows, 1):
-            dropped += size
-            if dropped >= over:
-                return n
-        return 0
-
-    def _drop(self, sql: str, args: tuple[object, ...]) -> None:
-        for room, size in self.db.execute(sql, args).fetchall():
-            tally = self.tally[room]
-            tally[0] -= 1
-            tally[1] -= size
-            if not tally[0]:
-                del self.tally[room]
+    if run:
+        db.execute(
+            "INSERT OR IGNORE INTO messages SELECT value ->> 0, value ->> 1, value ->> 2,"
+            " value ->> 3, value ->> 4, value ->> 5 FROM json_each(?)",
+            (json.dumps(run),),
+        )
+        run.clear()
 
 
 def _lock(directory: Path) -> int:

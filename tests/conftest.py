@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,19 @@ import pytest
 #: exception in a callback, a timer or a task ends up (the loop's exception handler
 #: logs it there, uvloop's included) instead of reaching the test.
 WATCHED = ("rawchat", "asyncio")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Whatever rawchat a test starts without --data keeps its history here, not in
+    the user's ~/.local/share (tests/processes.py passes --data none besides)."""
+    before = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield
+    if before is None:
+        del os.environ["XDG_DATA_HOME"]
+    else:
+        os.environ["XDG_DATA_HOME"] = before
 
 
 @pytest.fixture(autouse=True)

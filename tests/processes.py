@@ -36,6 +36,14 @@ COMMON_ARGS: tuple[str, ...] = ()
 ERROR = re.compile(r" (ERROR|CRITICAL) |^Traceback \(most recent call last\)")
 
 
+def memory_only(args: Sequence[str]) -> tuple[str, ...]:
+    """`args` with ``--data none`` unless they name a data directory: a test server must
+    not keep history in the user's home (rawchat's default --data)."""
+    if any(arg == "--data" or arg.startswith("--data=") for arg in args):
+        return tuple(args)
+    return (*args, "--data", "none")
+
+
 class ServerProcess:
     """``python -m rawchat *args`` (or another `program`), running once `ready` is logged.
 
@@ -59,6 +67,8 @@ class ServerProcess:
         #: A rawchat that logs an error or a traceback fails the test (see check_errors),
         #: unless the test provokes one on purpose.
         self.errors_allowed = errors_allowed or tuple(program) != RAWCHAT
+        if tuple(program) == RAWCHAT and args[:1] != ("token",):
+            args = memory_only(args)
         self.log: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         self.process = subprocess.Popen(

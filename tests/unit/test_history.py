@@ -84,3 +84,22 @@ def test_a_deleted_message_is_gone_from_every_read_and_frees_its_bytes() -> None
     # A client that saw 2 gets 4, and is not told anything is missing.
     assert history.since(2) == ([history.page()[0][-1]], False, False)
     assert ids_of(history.after(2) or []) == [4]
+
+
+def test_messages_older_than_max_age_are_dropped_and_a_resume_from_before_is_truncated() -> None:
+    now = [1000.0]
+    history = History(
+        "r",
+        max_count=100,
+        max_bytes=1 << 20,
+        encode=replies.encode_msg,
+        max_age=60,
+        clock=lambda: now[0],
+    )
+    for id, ts in ((1, 900.0), (2, 950.0), (3, 990.0)):
+        history.append(id, ts, "n", str(id), None)
+    assert ids_of(history.page()[0]) == [2, 3], "id 1 was already past its age"
+    now[0] = 1015.0
+    page, more, truncated = history.since(1)
+    assert (ids_of(page), more, truncated) == ([3], False, True)
+    assert ids_of(history.since(2)[0]) == [3] and not history.since(2)[2]

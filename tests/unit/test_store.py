@@ -252,3 +252,42 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_retention_records_what_it_dropped_and_a_delete_is_not_a_drop(tmp_path: Path) -> None:
+    store = Store(tmp_path, Retention(count=3))
+    fill(store, "lobby", range(1, 6))
+    fill(store, "dev", range(1, 3))
+    store.close()
+    store = reopened(tmp_path, Retention(count=3))
+    try:
+        assert (store.dropped("lobby"), store.dropped("dev")) == (2, 0)
+        assert store.delete("lobby", 4) is True
+        assert store.delete("lobby", 99) is False
+    finally:
+        store.close()
+    store = reopened(tmp_path)
+    try:
+        assert [s.id for s in store.newest("lobby", 10)] == [3, 5]
+        assert store.dropped("lobby") == 2
+    finally:
+        store.close()
+
+
+def test_a_first_version_database_is_migrated_and_keeps_its_history(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / DATABASE)
+    db.executescript(store_module.MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    db.execute("INSERT INTO meta VALUES ('epoch', 'old-epoch')")
+    db.execute("INSERT INTO messages VALUES ('lobby', 7, 1.0, 'ann', 'hi', 70)")
+    db.commit()
+    db.close()
+    store = Store(tmp_path, NO_LIMIT)
+    try:
+        assert store.epoch == "old-epoch"
+        assert store.newest("lobby", 10) == [Stored(7, 1.0, "ann", "hi")]
+        assert store.dropped("lobby") == 0
+    finally:
+        store.close()
+    check = sqlite3.connect(tmp_path / DATABASE)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    check.close()
