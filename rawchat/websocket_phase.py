@@ -129,11 +129,11 @@ Action = (
     Send | Leave | Shape | TurnOver | SetTimer | CancelTimer | HalfClose | CloseTransport | Abort
 )
 
-#: Pings of one read answered each with its pong, in order; of the rest, only the latest
-#: (RFC 6455, 5.5.3). The bound keeps what one read queues small; it is no defence, none
-#: is needed: a client's pongs are bounded by its pings, and one that does not read them
-#: is evicted by the slow-reader rule like any other.
-PONGS_PER_READ = 16
+#: The first pings of one read, answered each with its pong, in order; of the rest,
+#: only the latest (RFC 6455, 5.5.3). The bound keeps what one read queues small; it is
+#: no defence, none is needed: a client's pongs are bounded by its pings, and one that
+#: does not read them is evicted by the slow-reader rule like any other.
+PINGS_EACH_ANSWERED = 16
 
 _TURN_OVER = TurnOver()
 _CANCEL_TIMER = CancelTimer()
@@ -184,7 +184,7 @@ class WebSocketPhase:
         #: What the adapter is to carry out, in order; None when nothing (most reads).
         self.actions: list[Action] | None = None
         #: The payloads of the pings not answered yet, in order (at most
-        #: PONGS_PER_READ + 1); None when none is due, as on most reads.
+        #: PINGS_EACH_ANSWERED + 1); None when none is due, as on most reads.
         self.pong_due: list[bytes] | None = None
         if hello_timeout is not None:
             self._do(SetTimer(hello_timeout))
@@ -232,7 +232,7 @@ class WebSocketPhase:
                 due = self.pong_due
                 if due is None:
                     self.pong_due = [payload]
-                elif len(due) <= PONGS_PER_READ:
+                elif len(due) <= PINGS_EACH_ANSWERED:
                     due.append(payload)
                 else:
                     due[-1] = payload  # past the bound, the latest replaces the one before
@@ -251,7 +251,7 @@ class WebSocketPhase:
         """Answer the pings of one read, each with its pong, in one write.
 
         The adapter calls it at the end of a read when ``pong_due`` is set.
-        Past ``PONGS_PER_READ`` pings, only the latest of the rest is answered.
+        Past ``PINGS_EACH_ANSWERED`` pings, only the latest of the rest is answered.
         Once closing, no pong: nothing may follow a close frame.
         """
         due, self.pong_due = self.pong_due, None

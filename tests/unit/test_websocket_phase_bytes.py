@@ -15,7 +15,7 @@ from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 from rawchat.hub import Outbox
 from rawchat.rooms import Session
 from rawchat.websocket_phase import (
-    PONGS_PER_READ,
+    PINGS_EACH_ANSWERED,
     Abort,
     Action,
     CancelTimer,
@@ -174,9 +174,9 @@ def test_each_ping_of_one_read_gets_its_own_pong_in_order() -> None:
 def test_past_the_bound_one_read_gets_one_more_pong_for_the_latest_ping() -> None:
     phase, _ = plain_phase()
     peer = client()
-    count = PONGS_PER_READ + 24
+    count = PINGS_EACH_ANSWERED + 24
     actions = feed(phase, b"".join(peer.ping(b"%d" % i) for i in range(count)))
-    expected = [b"%d" % i for i in range(PONGS_PER_READ)] + [b"%d" % (count - 1)]
+    expected = [b"%d" % i for i in range(PINGS_EACH_ANSWERED)] + [b"%d" % (count - 1)]
     assert pongs(actions) == expected
     assert pongs(feed(phase, peer.ping(b"next"))) == [b"next"], "the bound is per read"
 
