@@ -12,10 +12,10 @@ doing the framing.
 
 The adapter drives it so: ``receive_data`` with what a read brought, then
 ``handle`` for each of ``events()`` (it may stop between two, when flow
-control holds the client), then ``answer_pings`` once per read. Every close,
-whoever asks for it (the chat, the hub's eviction, the keepalive, the
-server's shutdown), goes through ``close`` or ``fail``: the one place that
-decides whether a close frame is still to be sent.
+control holds the client), then ``answer_pings`` once per read: a pong for
+each ping, up to a bound. Every close, whoever asks for it (the chat, the
+hub's eviction, the keepalive, the server's shutdown), goes through ``close``
+or ``fail``: the one place that decides whether a close frame is still to be sent.
 """
 
 from __future__ import annotations
@@ -129,6 +129,12 @@ Action = (
     Send | Leave | Shape | TurnOver | SetTimer | CancelTimer | HalfClose | CloseTransport | Abort
 )
 
+#: The first pings of one read, answered each with its pong, in order; of the rest,
+#: only the latest (RFC 6455, 5.5.3). The bound keeps what one read queues small; it is
+#: no defence, none is needed: a client's pongs are bounded by its pings, and one that
+#: does not read them is evicted by the slow-reader rule like any other.
+PINGS_EACH_ANSWERED = 16
+
 _TURN_OVER = TurnOver()
 _CANCEL_TIMER = CancelTimer()
 _HALF_CLOSE = HalfClose()
@@ -177,8 +183,9 @@ class WebSocketPhase:
         self.awaiting_hello = hello_timeout is not None
         #: What the adapter is to carry out, in order; None when nothing (most reads).
         self.actions: list[Action] | None = None
-        #: The payload of the latest ping not answered yet: one pong per read answers all.
-        self.pong_due: bytes | None = None
+        #: The payloads of the pings not answered yet, in order (at most
+        #: PINGS_EACH_ANSWERED + 1); None when none is due, as on most reads.
+        self.pong_due: list[bytes] | None = None
         if hello_timeout is not None:
             self._do(SetTimer(hello_timeout))
 
@@ -222,7 +229,13 @@ class WebSocketPhase:
                 if self.closing is Closing.OPEN:
                     self._message(event)
             case Ping(payload=payload):
-                self.pong_due = payload
+                due = self.pong_due
+                if due is None:
+                    self.pong_due = [payload]
+                elif len(due) <= PINGS_EACH_ANSWERED:
+                    due.append(payload)
+                else:
+                    due[-1] = payload  # past the bound, the latest replaces the one before
             case Pong():
                 self.ping_deadline = 0.0
                 parser = self.parser
@@ -235,16 +248,18 @@ class WebSocketPhase:
                 self._close_received(event)
 
     def answer_pings(self) -> None:
-        """Answer the pings of one read with one pong, for the latest (RFC 6455, 5.5.3).
+        """Answer the pings of one read, each with its pong, in one write.
 
         The adapter calls it at the end of a read when ``pong_due`` is set.
+        Past ``PINGS_EACH_ANSWERED`` pings, only the latest of the rest is answered.
+        Once closing, no pong: nothing may follow a close frame.
         """
-        payload, self.pong_due = self.pong_due, None
+        due, self.pong_due = self.pong_due, None
         parser = self.parser
-        if payload is None or parser is None or self.closing is not Closing.OPEN:
+        if due is None or parser is None or self.closing is not Closing.OPEN:
             return
         if parser.state is ConnectionState.OPEN:
-            self._do(Send(parser.send(Pong(payload))))
+            self._do(Send(b"".join([parser.send(Pong(payload)) for payload in due])))
 
     def _message(self, event: TextMessage | BytesMessage) -> None:
         verdict = self.inbound.receive(event, self.session)

@@ -15,6 +15,7 @@ from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 from rawchat.hub import Outbox
 from rawchat.rooms import Session
 from rawchat.websocket_phase import (
+    PINGS_EACH_ANSWERED,
     Abort,
     Action,
     CancelTimer,
@@ -158,13 +159,33 @@ def test_an_unmasked_frame_is_a_protocol_error_1002() -> None:
     assert actions[0] == Leave(flush=False), "a client that broke the protocol gets no more"
 
 
-def test_the_pings_of_one_read_get_one_pong_for_the_latest() -> None:
+def pongs(actions: list[Action]) -> list[bytes]:
+    return [f.payload for f in sent(actions) if f.opcode is Opcode.PONG]
+
+
+def test_each_ping_of_one_read_gets_its_own_pong_in_order() -> None:
     phase, _ = plain_phase()
     peer = client()
-    actions = feed(phase, b"".join(peer.ping(b"%d" % i) for i in range(5)))
-    pongs = [f.payload for f in sent(actions) if f.opcode is Opcode.PONG]
-    assert pongs == [b"4"]
-    assert [f.payload for f in sent(feed(phase, peer.ping(b"next")))] == [b"next"]
+    actions = feed(phase, b"".join(peer.ping(b"ping %d" % i) for i in range(10)))
+    assert pongs(actions) == [b"ping %d" % i for i in range(10)]
+    assert len([a for a in actions if isinstance(a, Send)]) == 1, "one write for all of them"
+
+
+def test_past_the_bound_one_read_gets_one_more_pong_for_the_latest_ping() -> None:
+    phase, _ = plain_phase()
+    peer = client()
+    count = PINGS_EACH_ANSWERED + 24
+    actions = feed(phase, b"".join(peer.ping(b"%d" % i) for i in range(count)))
+    expected = [b"%d" % i for i in range(PINGS_EACH_ANSWERED)] + [b"%d" % (count - 1)]
+    assert pongs(actions) == expected
+    assert pongs(feed(phase, peer.ping(b"next"))) == [b"next"], "the bound is per read"
+
+
+def test_pings_that_come_with_the_client_close_get_no_pong_after_it() -> None:
+    phase, _ = plain_phase()
+    peer = client()
+    actions = feed(phase, peer.ping(b"a") + peer.ping(b"b") + peer.close(1000, ""))
+    assert [f.opcode for f in sent(actions)] == [Opcode.CLOSE]
 
 
 def test_a_closing_phase_answers_no_ping() -> None:
