@@ -255,3 +255,16 @@ def test_ids_keep_growing_after_an_idle_room_is_forgotten(monkeypatch: Any) -> N
     ann.say(type="msg", room="old", text="after")
     (after,) = [x for x in ann.read() if x["type"] == "msg"]
     assert after["text"] == "after" and after["id"] > max(seen)
+
+
+def test_joins_within_a_tick_cost_each_member_one_presence_frame() -> None:
+    """n joins one after another were n frames to each earlier member (quadratic)."""
+    state, loop = make_state()
+    ann = hello(state, loop, "ann")
+    loop.advance(TICK)
+    ann.read()
+    others = [hello(state, loop, f"p{i}") for i in range(20)]
+    loop.advance(TICK)
+    (frame,) = [x for x in ann.read() if x["type"] == "presence"]
+    assert frame["joined"] == [f"p{i}" for i in range(20)] and frame["count"] == 21
+    assert all(len([x for x in o.read() if x["type"] == "presence"]) <= 1 for o in others)
