@@ -268,3 +268,18 @@ def test_joins_within_a_tick_cost_each_member_one_presence_frame() -> None:
     (frame,) = [x for x in ann.read() if x["type"] == "presence"]
     assert frame["joined"] == [f"p{i}" for i in range(20)] and frame["count"] == 21
     assert all(len([x for x in o.read() if x["type"] == "presence"]) <= 1 for o in others)
+
+
+def test_a_mass_disconnect_reaches_each_member_as_one_presence_frame() -> None:
+    """A proxy restart drops everyone at once: n leaves must not be n frames to each."""
+    state, loop = make_state()
+    ann = hello(state, loop, "ann")
+    others = [hello(state, loop, f"p{i}") for i in range(20)]
+    loop.advance(TICK)
+    ann.read()
+    for other in others:
+        other.client.transport.close()
+    loop.run_ready()
+    loop.advance(TICK)
+    (frame,) = [x for x in ann.read() if x["type"] == "presence"]
+    assert frame["left"] == [f"p{i}" for i in range(20)] and frame["count"] == 1
