@@ -1,5 +1,5 @@
-"""Rooms over loopback where one frame per event or one frame of everything would not do:
-a history larger than --max-buffer, many joins at once, a shutdown with a full room."""
+"""Rooms over loopback at their limits:
+a history larger than --max-buffer, a text past max_text, a shutdown with a full room."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
-
 
 from tests.integration.conftest import run, serving, ws_url
 
