@@ -83,3 +83,19 @@ def test_a_hello_waits_for_the_broker_and_is_welcomed_here_if_the_link_goes_down
     welcome, joined = bob.read()[:2]
     assert (welcome["type"], welcome["nick"], joined["type"]) == ("welcome", "bob", "joined")
     assert not broker.up and broker.outages == 1
+
+
+def test_a_resume_across_a_jump_in_ids_gets_each_missed_message_once() -> None:
+    """Ids from the broker jump past an outage (1..40, then 51): a client that saw up to 45
+    missed only 51, and must not get 36..40 again as if they were new."""
+    state, (ann,), broker = linked("ann")
+    epoch = state.chat.epoch
+    for id in [*range(1, 41), 51]:
+        fields = {"k": "msg", "room": "lobby", "id": id, "ts": 1.0, "nick": "cy", "text": f"t{id}"}
+        broker._received(json.dumps({**fields, "node": "another", "tok": 0}))
+    assert texts(ann)[-2:] == ["t40", "t51"]
+    state.chat.relay = None  # this node alone from now on: the hello is answered here
+    back = hello(state, ann.client.loop, "bob", resume={"lobby": 45}, epoch=epoch)
+    joined = back.read()[1]
+    assert [h["id"] for h in joined["history"]] == [51]
+    assert joined["truncated"] is False

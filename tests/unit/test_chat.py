@@ -7,6 +7,7 @@ from typing import Any
 
 from wsproto.events import CloseConnection, TextMessage
 
+from rawchat import chat
 from rawchat import messages as m
 from rawchat.presence import TICK
 from tests.unit.fakes import Client, FakeLoop, make_state
@@ -232,3 +233,53 @@ def test_a_v1_client_that_never_says_hello_is_closed() -> None:
     loop.advance(5.1)
     mute.read()
     assert mute.closes() == [m.CloseCode.HELLO_TIMEOUT]
+
+
+def test_ids_keep_growing_after_an_idle_room_is_forgotten(monkeypatch: Any) -> None:
+    """A forgotten room made again must not hand out ids its readers already saw."""
+    monkeypatch.setattr(chat, "MAX_IDLE_ROOMS", 1)
+    state, loop = make_state()
+    ann = hello(state, loop, "ann")
+    ann.say(type="join", room="old")
+    for i in range(3):
+        ann.say(type="msg", room="old", text=f"before {i}")
+    seen = [x["id"] for x in ann.read() if x["type"] == "msg"]
+    assert seen == [1, 2, 3]
+    # "old" and then "other" go idle: only one idle room is kept, so "old" is forgotten.
+    ann.say(type="leave", room="old")
+    ann.say(type="join", room="other")
+    ann.say(type="leave", room="other")
+    ann.read()
+    assert "old" not in state.chat.rooms
+    ann.say(type="join", room="old")
+    ann.say(type="msg", room="old", text="after")
+    (after,) = [x for x in ann.read() if x["type"] == "msg"]
+    assert after["text"] == "after" and after["id"] > max(seen)
+
+
+def test_joins_within_a_tick_cost_each_member_one_presence_frame() -> None:
+    """n joins one after another were n frames to each earlier member (quadratic)."""
+    state, loop = make_state()
+    ann = hello(state, loop, "ann")
+    loop.advance(TICK)
+    ann.read()
+    others = [hello(state, loop, f"p{i}") for i in range(20)]
+    loop.advance(TICK)
+    (frame,) = [x for x in ann.read() if x["type"] == "presence"]
+    assert frame["joined"] == [f"p{i}" for i in range(20)] and frame["count"] == 21
+    assert all(len([x for x in o.read() if x["type"] == "presence"]) <= 1 for o in others)
+
+
+def test_a_mass_disconnect_reaches_each_member_as_one_presence_frame() -> None:
+    """A proxy restart drops everyone at once: n leaves must not be n frames to each."""
+    state, loop = make_state()
+    ann = hello(state, loop, "ann")
+    others = [hello(state, loop, f"p{i}") for i in range(20)]
+    loop.advance(TICK)
+    ann.read()
+    for other in others:
+        other.client.transport.close()
+    loop.run_ready()
+    loop.advance(TICK)
+    (frame,) = [x for x in ann.read() if x["type"] == "presence"]
+    assert frame["left"] == [f"p{i}" for i in range(20)] and frame["count"] == 1

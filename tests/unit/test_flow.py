@@ -113,6 +113,22 @@ def test_a_shaped_client_that_half_closes_still_has_every_message_handled() -> N
     assert sender.transport.closed, "and closed once they are"
 
 
+def test_a_sender_that_half_closes_while_a_reader_is_congested_has_every_message_relayed() -> None:
+    """Send-then-shut-down while someone in the room is behind: what was read is relayed."""
+    state, loop = make_state(max_buffer=4096, slow_timeout=2.0)
+    sender, behind, reader = Client(state, loop), Client(state, loop), Client(state, loop)
+    behind.conn.pause_writing()  # its transport passed the pressure mark
+    sender.send_raw(b"".join(sender.ws.send(TextMessage(f"h{i}")) for i in range(4)))
+    if sender.conn.eof_received() is None:  # what asyncio does then: close the transport
+        sender.transport.close()
+    behind.conn.resume_writing()
+    for _ in range(10):
+        loop.advance(0.1)
+        reader.receive()
+        behind.receive()
+    assert texts(reader) == texts(behind) == ["h0", "h1", "h2", "h3"]
+
+
 # -- fairness under overload (rawchat.overload) ------------------------------------------
 
 
