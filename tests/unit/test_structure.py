@@ -20,11 +20,11 @@ KNOWN_LARGE: dict[str, int] = {
     "chat.py": 426,
     # The asyncio adapter still feeds the WebSocket phase (the slices, the
     # events up to a hold), carries out its actions and holds Shared.
-    "connection.py": 495,
+    "connection.py": 492,
 }
 KNOWN_LARGE_CLASSES: dict[str, int] = {
     "chat.py:Chat": 372,
-    "connection.py:Connection": 390,
+    "connection.py:Connection": 383,
 }
 
 
