@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from wsproto.events import TextMessage
 
 from rawchat.held import AfterTurn, HeldInput, Hold
+from tests.unit.fakes import Client, make_state
 
 
 def held() -> HeldInput:
@@ -143,3 +145,25 @@ def test_whatever_the_holds_every_byte_comes_back_once_in_order(
         held_input.end_turn()
     assert not held_input.held
     assert bytes(fed) == b"".join(reads)
+
+
+def test_through_a_connection_a_read_while_held_waits_behind_the_parked_frames() -> None:
+    """TLS may hand over what it had decrypted after reading was paused."""
+    state, loop = make_state(rate=10.0, burst=2)
+    sender, reader = Client(state, loop), Client(state, loop)
+    sender.send_raw(b"".join(sender.ws.send(TextMessage(f"a{i}")) for i in range(4)))
+    assert sender.conn.input.state is Hold.HELD_WITH_FRAMES
+    sender.send_raw(b"".join(sender.ws.send(TextMessage(f"b{i}")) for i in range(2)))
+    assert sender.conn.input.backlog > 0 and not sender.transport.reading
+    for _ in range(10):  # a tenth of a second per message: bounded, on the fake clock
+        loop.advance(0.1)
+    reader.receive()
+    assert [e.data for e in reader.events if isinstance(e, TextMessage)] == [
+        "a0",
+        "a1",
+        "a2",
+        "a3",
+        "b0",
+        "b1",
+    ], "every message, in the order sent"
+    assert sender.conn.input.state is Hold.READING and sender.transport.reading
