@@ -27,6 +27,7 @@ from rawchat import http, sockets
 from rawchat.chat import Chat
 from rawchat.config import Config
 from rawchat.flow import Backpressure
+from rawchat.held import AfterTurn, HeldInput, Hold
 from rawchat.http_phase import HttpPhase, Phase, Route
 from rawchat.hub import Hub, Outbox
 from rawchat.inbound import Inbound
@@ -50,6 +51,10 @@ log = logging.getLogger("rawchat.connection")
 
 #: Bytes taken off a socket per read (see Connection.get_buffer).
 READ_SIZE = 16 * 1024
+
+# Checked at every read and every event: a global is read in a few ns, an
+# enum member through its class in about 80 (CPython 3.11).
+_READING, _HELD, _TURN = Hold.READING, Hold.HELD, Hold.TURN
 
 
 def _nothing_to_evict() -> None:
@@ -112,11 +117,7 @@ class Connection(asyncio.BufferedProtocol):
         "websocket",
         "outbox",
         "_timer",
-        "_held",
-        "_parked",
-        "_backlog",
-        "_fixed_window",
-        "_eof",
+        "input",
     )
 
     def __init__(self, state: Shared) -> None:
@@ -133,15 +134,8 @@ class Connection(asyncio.BufferedProtocol):
         #: The one pending timeout of this connection: HTTP deadlines, the
         #: hello, then the bound on closing.
         self._timer: asyncio.TimerHandle | None = None
-        #: Flow control holds this publisher: bytes read are kept, not handled.
-        self._held = False
-        #: A hold stopped the handling of parsed frames still in wsproto's buffer.
-        self._parked = False
-        self._backlog: bytes | None = None
-        #: Its kernel receive buffer no longer grows (it was held once).
-        self._fixed_window = False
-        #: The client half-closed while some of what it sent still waited for its turn.
-        self._eof = False
+        #: What flow control's holds keep from being handled (rawchat.held).
+        self.input = HeldInput()
 
     @property
     def peer(self) -> str:
@@ -184,7 +178,7 @@ class Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(self.state.read_buffer[:nbytes]))
         transport = self.transport
-        if nbytes == READ_SIZE and not self._held and self.phase is Phase.WEBSOCKET:
+        if nbytes == READ_SIZE and not self.input.held and self.phase is Phase.WEBSOCKET:
             # More waits: the next read is the next iteration's (see flow.read_later).
             if transport is not None and not transport.is_closing():
                 transport.pause_reading()
@@ -209,10 +203,9 @@ class Connection(asyncio.BufferedProtocol):
     def eof_received(self) -> bool | None:
         if self.phase is Phase.HTTP and self.http is not None:
             self.http.receive_eof()
-        elif self.phase is Phase.WEBSOCKET and (self._held or self._parked or self._backlog):
+        elif self.phase is Phase.WEBSOCKET and self.input.half_close():
             # What the client sent before its EOF still waits for flow control's
             # turns: keep the transport until that is handled (see take_turn).
-            self._eof = True
             return True
         # Returning None lets the transport close itself.
         return None
@@ -242,7 +235,7 @@ class Connection(asyncio.BufferedProtocol):
             self.http.slot.release()
             self.http = None  # it points back here
         state.flow.forget(self)
-        self._backlog = None
+        self.input.forget()
         state.forget(self)
 
     def pause_writing(self) -> None:
@@ -295,43 +288,47 @@ class Connection(asyncio.BufferedProtocol):
     def _ws_received(self, data: bytes) -> None:
         websocket = self.websocket
         assert websocket is not None
-        backlog = self._backlog
-        if backlog is not None:
-            data = backlog + data
-            self._backlog = None
-        if self._parked and not self._held:
-            # The frames a hold left parsed in wsproto go first, and wsproto
-            # gets nothing more before they are handled: else its buffer would
-            # grow by a slice at every release.
-            self._parked = False
+        state = self.input.state
+        if state is _READING and len(data) <= websocket.inbound.max_message + 14:
+            websocket.receive_data(data)
             self._handle_events()
-        if self._held:
-            # Kept in order for the release. (While held, more can still arrive:
-            # TLS hands over what it had decrypted.)
-            if data:
-                self._backlog = data
-        else:
-            # wsproto keeps what it is given until events() consumes it. Feeding
-            # it at most one message's worth at a time keeps its buffer within
-            # --max-message plus a frame header, however much one read brought.
-            step = websocket.inbound.max_message + 14
-            if len(data) <= step:
-                websocket.receive_data(data)
+        elif state is _READING:
+            self._feed(data)
+        elif state is _TURN:
+            # The frames a hold left parsed in wsproto go first (fed more before,
+            # its buffer would grow by a slice at every release), then the backlog.
+            if self.input.take_parked():
                 self._handle_events()
+            if self.input.state is _TURN:
+                self._feed(self.input.take_backlog() + data)
             else:
-                view = memoryview(data)
-                for start in range(0, len(data), step):
-                    if websocket.closing is Closing.FAILED or self.phase is not Phase.WEBSOCKET:
-                        break
-                    if self._held:
-                        self._backlog = bytes(view[start:])
-                        break
-                    websocket.receive_data(bytes(view[start : start + step]))
-                    self._handle_events()
+                self.input.keep(data)
+        else:  # held: kept in order (TLS may still hand over what it had decrypted)
+            self.input.keep(data)
         if websocket.pong_due is not None:
             websocket.answer_pings()
             if websocket.actions is not None:
                 self._carry_out()
+
+    def _feed(self, data: bytes) -> None:
+        """Feed wsproto a message's worth at a time, up to a hold (the rest waits).
+
+        wsproto keeps what it is given until events() consumes it: so its
+        buffer stays within --max-message plus a frame header, however much
+        one read brought.
+        """
+        websocket = self.websocket
+        assert websocket is not None
+        step = websocket.inbound.max_message + 14
+        view = memoryview(data)
+        for start in range(0, len(data), step):
+            if websocket.closing is Closing.FAILED or self.phase is not Phase.WEBSOCKET:
+                break
+            if self.input.held:
+                self.input.keep(bytes(view[start:]))
+                break
+            websocket.receive_data(bytes(view[start : start + step]))
+            self._handle_events()
 
     def _handle_events(self) -> None:
         websocket = self.websocket
@@ -340,10 +337,10 @@ class Connection(asyncio.BufferedProtocol):
             websocket.handle(event)
             if websocket.actions is not None:
                 self._carry_out()
-            if self._held:
+            if self.input.state is _HELD:
                 # The frames after this one stay in wsproto's buffer until
                 # the next turn.
-                self._held = self._parked = True
+                self.input.park()
                 return
             if websocket.closing is Closing.FAILED or self.phase is not Phase.WEBSOCKET:
                 return
@@ -359,7 +356,7 @@ class Connection(asyncio.BufferedProtocol):
                 case Shape(delay):
                     self.state.flow.shape(self, delay)
                 case TurnOver():
-                    if self._backlog or not websocket.at_rest():
+                    if self.input.backlog or not websocket.at_rest():
                         self.state.flow.wait_turn(self)  # more waits: it goes behind the others
                 case Leave(flush):
                     self._leave(flush=flush)
@@ -390,46 +387,38 @@ class Connection(asyncio.BufferedProtocol):
 
     def pong_overdue(self, now: float, grace: float) -> bool:
         websocket = self.websocket
-        return websocket is not None and websocket.pong_overdue(now, grace, held=self._held)
+        return websocket is not None and websocket.pong_overdue(now, grace, held=self.input.held)
 
     # -- flow control (rawchat.flow.Publisher) -----------------------------------------
 
-    @property
-    def held(self) -> bool:
-        """Whether flow control holds this client: rawchat is not reading what it sent."""
-        return self._held
-
     def hold(self) -> None:
-        self._held = True
+        self.input.hold()
         transport = self.transport
         if transport is not None and transport.is_reading():
             transport.pause_reading()
-            if not self._fixed_window:
-                self._fixed_window = True
+            if self.input.first_pause():
                 sockets.fix_receive_window(transport)
 
     def take_turn(self) -> bool:
         transport = self.transport
         if self.phase is not Phase.WEBSOCKET or transport is None or transport.is_closing():
             return False
-        # What was read but not handled goes first (the frames a hold left in
-        # wsproto's buffer, then the backlog), until a verdict holds it again
-        # (past --rate, or its share while overloaded), and reading resumes
+        # What was read but not handled goes first, until a verdict holds it
+        # again (past --rate, or its share while overloaded); reading resumes
         # only once none is left.
-        self._held = False
+        self.input.begin_turn()
         self.data_received(b"")  # the same guard against bugs as a read
-        if self._held or self._backlog:
-            self._held = True
-            return True
-        if self._eof:
-            # The client half-closed before its last messages were handled:
-            # they have been now. It sent no close frame (1006).
-            self._leave()
-            if self.outbox is not None:
-                self.state.hub.drop(self.outbox)
-            self.close_transport()
-        elif not transport.is_closing():
-            transport.resume_reading()
+        match self.input.end_turn():
+            case AfterTurn.HOLD:
+                return True
+            case AfterTurn.CLOSE:
+                self._leave()  # it sent no close frame (1006): all it sent is handled
+                if self.outbox is not None:
+                    self.state.hub.drop(self.outbox)
+                self.close_transport()
+            case AfterTurn.READ:
+                if not transport.is_closing():
+                    transport.resume_reading()
         return False
 
     # -- closing ------------------------------------------------------------------------
