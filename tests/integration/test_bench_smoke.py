@@ -202,27 +202,38 @@ def test_scale_runs_fanout_at_each_client_count_on_fresh_connections() -> None:
     assert found["metrics"]["p99_ms_at_20"] == points[1]["p99_ms"]
 
 
-def _server_processes() -> set[int]:
-    """Pids of every redis-server and rawchat worker or supervisor on the machine."""
+def _server_processes(tag: bytes) -> set[int]:
+    """Pids of every redis-server and rawchat worker or supervisor started under ``tag``.
+
+    The tag is an environment variable the test sets before starting anything: every
+    process it starts inherits it, orphans included, and nobody else's processes (another
+    suite's redis-server on the same machine) carry it.
+    """
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
         text = b" ".join(argv)
-        if b"redis-server" in text or (
-            b"rawchat" in text and (b"--reuse-port" in text or b"--workers" in text)
+        if tag in environ and (
+            b"redis-server" in text
+            or (b"rawchat" in text and (b"--reuse-port" in text or b"--workers" in text))
         ):
             found.add(int(entry.name))
     return found
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
-def test_workers_scenario_counts_both_and_leaves_nothing_running() -> None:
-    before = _server_processes()
+def test_workers_scenario_counts_both_and_leaves_nothing_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = f"rawchat-workers-smoke-{os.getpid()}"
+    monkeypatch.setenv("RAWCHAT_TEST_TAG", marker)
+    tag = f"RAWCHAT_TEST_TAG={marker}".encode()
     load = load_for(
         "workers",
         clients=20,
@@ -247,7 +258,7 @@ def test_workers_scenario_counts_both_and_leaves_nothing_running() -> None:
     assert len(m["w2_connections_per_worker"]) == 2
     assert m["ratio_sustainable_w2_over_w1"] is not None
     assert m["broker_outages_one_worker"] == 0
-    assert _server_processes() <= before, "redis or rawchat workers left running"
+    assert _server_processes(tag) == set(), "redis or rawchat workers left running"
 
 
 def test_abuse_reports_honest_delivery_and_what_the_abusers_got() -> None:
