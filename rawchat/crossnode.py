@@ -10,8 +10,8 @@ applies what other nodes published to this node's chat.
 What travels, on the room's channel (so that it keeps its place among the room's messages):
 ``msg``, ``presence``, ``bin`` (a plain client's binary frame), ``mod`` (kick, mute, ban;
 ``owner``, an owner granted or taken; ``address``, the address of a guest banned on the node
-it is on) and ``del`` (a deletion). On a node's own channel: ``direct`` (a direct message for one of
-its users, sent there by the Lua script that looked up who holds the nick).
+it is on) and ``del`` (a deletion). On a node's own channel: ``direct`` (a direct message for
+one of its users, sent there by the Lua script that looked up who holds the nick).
 """
 
 from __future__ import annotations

@@ -202,7 +202,8 @@ class Outbound:
         finally:
             if not room.loaded:  # whatever went wrong, joins must not wait for ever
                 self._loading.pop(name, None)
-                self.chat.moderation.owners.founded(name, True)  # as a single node would
+                # A founder owns the room here, as on a single node (if the room is still here).
+                self.chat.moderation.owners.founded(name, self.chat.rooms.get(name) is room)
                 self.chat.room_loaded(room)  # carry on with what this node has
 
     def _queue(self, item: Outgoing) -> None:
