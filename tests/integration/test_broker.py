@@ -640,6 +640,8 @@ def test_room_owners_are_the_same_on_every_node(
             assert (await dan.next("error"))["code"] == "forbidden"
             # cy, on B now, still owns "dev".
             await cy.ws.close()
+            while "cy" not in (await dan.next("presence"))["left"]:
+                pass  # A frees the nick before it publishes the leave
             cy, _, _ = await Chatter.hello(b, "cy", token=tokens.issue("cy", 60), rooms=["dev"])
             await cy.ws.send(json.dumps({"type": "kick", "room": "dev", "nick": "bob"}))
             assert (await bob.next("kicked", room="dev"))["by"] == "cy"
