@@ -89,6 +89,8 @@ class Chat:
     def connect_plain(self, outbox: Outbox, connection: Closable) -> Session:
         """A tutorial client: a guest nick, in the lobby, at once."""
         session = Session(outbox, plain=True, connection=connection)
+        if self.moderation.refuses_plain(session):  # its address is banned from the lobby
+            return session
         self._claim_nick(session, self._guest_nick())
         self._enter(session, self.room(m.DEFAULT_ROOM))
         return session

@@ -8,9 +8,10 @@ publish on the server, must cost a log line, never the link), and :class:`Arriva
 applies what other nodes published to this node's chat.
 
 What travels, on the room's channel (so that it keeps its place among the room's messages):
-``msg``, ``presence``, ``bin`` (a plain client's binary frame), ``mod`` (kick, mute, ban)
-and ``del`` (a deletion). On a node's own channel: ``direct`` (a direct message for one of
-its users, sent there by the Lua script that looked up who holds the nick).
+``msg``, ``presence``, ``bin`` (a plain client's binary frame), ``mod`` (kick, mute, ban;
+``owner``, an owner granted or taken; ``address``, the address of a guest banned on the node
+it is on) and ``del`` (a deletion). On a node's own channel: ``direct`` (a direct message for
+one of its users, sent there by the Lua script that looked up who holds the nick).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from rawchat import frames, replies
 from rawchat import messages as m
+from rawchat.identity import nick_key
 from rawchat.rooms import Letter
 
 if TYPE_CHECKING:
@@ -74,11 +76,21 @@ FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "msg": {"id": int, "ts": _NUMBER, "nick": str, "text": str, "tok": int},
     "presence": {"event": str, "nick": str, "old": _OPTIONAL_TEXT},
     "bin": {"data": str},
-    "mod": {"action": str, "nick": str, "by": str, "seconds": int, "reason": _OPTIONAL_TEXT},
+    "mod": {
+        "action": str,
+        "nick": str,
+        "by": str,
+        "seconds": int,
+        "reason": _OPTIONAL_TEXT,
+        "address": _OPTIONAL_TEXT,
+    },
     "del": {"id": int, "by": str},
     "direct": {"id": int, "ts": _NUMBER, "nick": str, "to": str, "text": str, "key": str},
 }
-_EVENTS = {"presence": ("join", "leave", "nick"), "mod": ("kick", "mute", "ban")}
+_EVENTS = {
+    "presence": ("join", "leave", "nick"),
+    "mod": ("kick", "mute", "ban", "owner", "address"),
+}
 
 
 def parse(data: object) -> dict[str, Any] | None:
@@ -107,6 +119,8 @@ def _well_formed(message: dict[str, Any]) -> bool:
     allowed = _EVENTS.get(message["k"])
     if allowed is not None and message.get("event", message.get("action")) not in allowed:
         return False
+    if message.get("action") == "address" and not message.get("address"):
+        return False  # an address ban without its address
     if message["k"] == "bin":
         try:
             message["data"] = bytes.fromhex(message["data"])
@@ -128,15 +142,8 @@ class Arrivals:
         kind = message["k"]
         own = message.get("node") == self.node
         if kind == "mod":
-            if not own:  # penalties hold on every node, whether it has the room or not
-                action = m.Moderate(
-                    message["action"],
-                    message["room"],
-                    message["nick"],
-                    message["seconds"],
-                    message["reason"],
-                )
-                chat.moderation.enforce(chat, action, message["by"])
+            if not own:  # penalties and owners hold on every node, whether it has the room or not
+                self.moderated(message)
             return
         if kind == "del":
             if not own:
@@ -168,6 +175,23 @@ class Arrivals:
             self.presence(room, message["event"], message["nick"], message["old"], message["node"])
         else:
             chat.hub.broadcast(frames.message(message["data"]), room.plain)
+
+    def moderated(self, message: dict[str, Any]) -> None:
+        """A kick, mute or ban to enforce here too; an owner granted or taken (``seconds`` 1
+        or 0); or the address of a guest banned on the node it is on."""
+        chat, name, nick, seconds = self.chat, message["room"], message["nick"], message["seconds"]
+        moderation = chat.moderation
+        if message["action"] == "address":
+            moderation.address_bans.set(name, nick_key(nick), message["address"], seconds)
+        elif message["action"] == "owner":
+            moderation.owners.set(name, nick_key(nick), bool(seconds))
+            room = chat.rooms.get(name)
+            if room is not None:
+                told = replies.encode_owner(name, nick, bool(seconds), message["by"])
+                chat.hub.broadcast(frames.message(told), room.v1)
+        else:
+            action = m.Moderate(message["action"], name, nick, seconds, message["reason"])
+            moderation.enforce(chat, action, message["by"])
 
     def presence(self, room: Room, event: str, nick: str, old: str | None, node: str) -> None:
         """A member of ``room`` on another node came, went or changed nick."""
@@ -203,6 +227,10 @@ class Arrivals:
             node = field.split(":", 1)[0]
             if node != self.node:
                 room.remote[nick] = node
+        # A token holder who created the room here owns it if no node had it yet.
+        founder = chat.moderation.owners.founded(name, not (counter or entries or room.remote))
+        if founder is not None and chat.relay is not None:
+            chat.relay.moderate(m.Moderate("owner", name, founder, 1, None), founder)
         if room.history.untouched:
             # A room new to this node: what Redis keeps is its history, and
             # its ids go on from Redis's counter.

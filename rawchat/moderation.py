@@ -11,12 +11,18 @@ while the server holds no such room), and operators grant or take ownership with
 The lobby has no owners. Owners are named by nick key, so ownership follows the reserved
 nick, not the connection.
 
+With a broker (docs/broker.md) every node publishes what it decides, so that each holds the
+same owners and penalties: a grant, a founding (confirmed only once the room's load from
+Redis shows that no node has it yet) and the address of a banned guest, which only the
+guest's own node knows.
+
 Every action is logged (who, what, whom, where) and counted in `Moderation.counts`, which
 the metrics module can read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -35,43 +41,13 @@ from rawchat.identity import (
     Tokens,
     nick_key,
 )
+from rawchat.penalties import AddressBans, Owners, Penalties
 
 if TYPE_CHECKING:
     from rawchat.config import Config
     from rawchat.rooms import Session, Venue
 
 log = logging.getLogger("rawchat.moderation")
-
-#: Expired mutes and bans are forgotten when this many are kept (and on every check).
-PRUNE_AT = 4096
-
-
-class Penalties:
-    """Mutes or bans: (room, who) -> the time they end. ``who`` is a nick key or an address."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self._until: dict[tuple[str, str], float] = {}
-
-    def set(self, room: str, who: str, seconds: int) -> None:
-        if seconds == 0:
-            self._until.pop((room, who), None)
-            return
-        if len(self._until) >= PRUNE_AT:
-            now = self.clock()
-            self._until = {k: t for k, t in self._until.items() if t > now}
-        self._until[(room, who)] = self.clock() + seconds
-
-    def remaining(self, room: str, who: str) -> int:
-        """Whole seconds left (rounded up), 0 when none is in force."""
-        until = self._until.get((room, who))
-        if until is None:
-            return 0
-        left = until - self.clock()
-        if left <= 0:
-            del self._until[(room, who)]
-            return 0
-        return int(left) + (left > int(left))
 
 
 class Moderation:
@@ -92,12 +68,11 @@ class Moderation:
         self.require_token = require_token
         self.reserved: ReservedNicks = reserved or MemoryReservations()
         self.clock = clock
-        #: room -> nick keys of its owners.
-        self.owners: dict[str, set[str]] = {}
+        self.owners = Owners()
         self.mutes = Penalties(clock)
         self.bans = Penalties(clock)
         #: Bans of guests by address: a guest can change nick, not so easily address.
-        self.address_bans = Penalties(clock)
+        self.address_bans = AddressBans(clock)
         self.direct = DirectMessages(history, clock)
         self.typing = TypingRelay(clock)
         #: Actions taken (kick, mute, ban, delete, owner) and refusals (forbidden,
@@ -171,7 +146,20 @@ class Moderation:
             raise m.ProtocolError("banned", f"you are banned from {name} for {left} more seconds")
         seat = session.seat
         if seat.key and name not in chat.rooms and name != m.DEFAULT_ROOM:
-            self.owners.setdefault(name, {seat.key})
+            # With a broker, only once the room's load shows that no node has it.
+            relay = chat.relay
+            self.owners.found(name, seat.key, session.nick, wait=relay is not None and relay.up)
+
+    def refuses_plain(self, session: Session) -> bool:
+        """Whether a plain client comes from an address banned from the lobby: it is closed
+        (1008, as when it was banned), having no other way to learn it."""
+        address = session.connection.address
+        left = self.address_bans.remaining(m.DEFAULT_ROOM, address)
+        if left:
+            self.counts["banned"] += 1
+            log.info("refused a plain client from %s: banned for %ds", address, left)
+            session.close(1008, "banned from the lobby")
+        return bool(left)
 
     def may_post(self, session: Session, room: str, cid: str | None = None) -> None:
         left = self.mutes.remaining(room, session.key)
@@ -183,7 +171,7 @@ class Moderation:
         seat = session.seat
         if seat.role is Role.OPERATOR:
             return True
-        return bool(seat.key) and seat.key in self.owners.get(room, ())
+        return bool(seat.key) and self.owners.holds(room, seat.key)
 
     # -- moderation messages ------------------------------------------------------------
 
@@ -240,8 +228,15 @@ class Moderation:
             self.mutes.set(message.room, key, message.seconds)
         elif message.action == "ban":
             self.bans.set(message.room, key, message.seconds)
-            if target is not None and target.seat is GUEST:
-                self.address_bans.set(message.room, target.connection.address, message.seconds)
+            address = _guest_address(target)
+            if address is not None or not message.seconds:  # a lift frees the address too
+                self.address_bans.set(message.room, key, address, message.seconds)
+            relay = chat.relay
+            if address is not None and message.seconds and relay is not None and relay.up:
+                # Only this node knows the address. Published before the guest's leave, on
+                # the room's channel: a node that has seen the leave refuses the address.
+                banned = dataclasses.replace(message, action="address", reason=None)
+                relay.moderate(banned, by, address)
         room = chat.rooms.get(message.room)
         if room is None:
             return
@@ -290,14 +285,18 @@ class Moderation:
     def _owner(self, chat: Venue, session: Session, message: m.Owner) -> None:
         if session.seat.role is not Role.OPERATOR:
             self._forbidden(session, "owner", message.room)
-        key = nick_key(message.nick)
-        if message.owner:
-            self.owners.setdefault(message.room, set()).add(key)
-        else:
-            self.owners.get(message.room, set()).discard(key)
+        self.owners.set(message.room, nick_key(message.nick), message.owner)
         self._done("owner", session, message.nick, message.room, f" = {message.owner}")
         told = replies.encode_owner(message.room, message.nick, message.owner, session.nick)
         self._tell(chat, session, message.room, told)
+        if chat.relay is not None and chat.relay.up:  # every node's owners are the same
+            grant = m.Moderate("owner", message.room, message.nick, int(message.owner), None)
+            chat.relay.moderate(grant, session.nick)
+
+
+def _guest_address(target: Session | None) -> str | None:
+    """The address a ban of ``target`` holds too: a guest's, here."""
+    return target.connection.address if target is not None and target.seat is GUEST else None
 
 
 def _told(message: m.Moderate, by: str) -> str:

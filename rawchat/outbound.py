@@ -164,10 +164,10 @@ class Outbound:
     def release(self, nick: str) -> None:
         self._queue(Outgoing("", "", "release", key=nick))
 
-    def moderate(self, action: m.Moderate, by: str) -> None:
+    def moderate(self, action: m.Moderate, by: str, address: str | None = None) -> None:
         fields: dict[str, object] = {"k": "mod", "room": action.room, "action": action.action}
-        fields["nick"] = action.nick
-        fields.update(by=by, seconds=action.seconds, reason=action.reason, node=self.node)
+        fields.update(nick=action.nick, by=by, seconds=action.seconds, reason=action.reason)
+        fields.update(address=address, node=self.node)
         self._queue(Outgoing(action.room, encode(fields), "mod"))
 
     def delete(self, room: str, id: int, by: str) -> None:
@@ -202,6 +202,8 @@ class Outbound:
         finally:
             if not room.loaded:  # whatever went wrong, joins must not wait for ever
                 self._loading.pop(name, None)
+                # A founder owns the room here, as on a single node (if the room is still here).
+                self.chat.moderation.owners.founded(name, self.chat.rooms.get(name) is room)
                 self.chat.room_loaded(room)  # carry on with what this node has
 
     def _queue(self, item: Outgoing) -> None:

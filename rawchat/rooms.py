@@ -83,8 +83,9 @@ class Relay(Protocol):
 
     def release(self, key: str) -> None: ...
 
-    def moderate(self, action: m.Moderate, by: str) -> None:
-        """A kick, mute or ban taken here, for every other node to enforce."""
+    def moderate(self, action: m.Moderate, by: str, address: str | None = None) -> None:
+        """A kick, mute or ban taken here, for every other node to enforce; or an owner
+        granted (``seconds`` 1) or taken (0); or the ``address`` of a guest banned here."""
 
     def delete(self, room: str, id: int, by: str) -> None: ...
 

@@ -525,3 +525,134 @@ def test_a_direct_message_reaches_its_recipient_on_another_node(
             await asyncio.gather(ann.ws.close(), bob.ws.close())
 
     run(main)
+
+
+async def plain_refused(server: Server) -> int:
+    """Connect a plain client and return the close code it gets without sending anything."""
+    ws = await websockets.connect(ws_url(server))
+    try:
+        await asyncio.wait_for(ws.recv(), 10)
+    except websockets.ConnectionClosed:
+        pass
+    assert ws.close_code is not None
+    return ws.close_code
+
+
+async def wait_plain(server: Server) -> websockets.ClientConnection:
+    """A plain client, once its server has it in the lobby."""
+    ws = await websockets.connect(ws_url(server))
+    while True:  # the chat takes it in on the upgrade; wait for that, not a fixed time
+        assert server.state is not None
+        if any(s.plain for s in server.state.chat.nicks.values()):
+            return ws
+        await asyncio.sleep(0.01)
+
+
+def test_a_guest_banned_on_one_node_is_refused_by_address_on_the_other(
+    redis_server: RedisServer, secret_file: Any
+) -> None:
+    from rawchat.identity import Tokens
+
+    token = Tokens(SECRET).issue("op", 60, operator=True)
+
+    async def main() -> None:
+        config = {"broker": redis_server.url, "token_secret_file": secret_file}
+        async with serving(**config) as a, serving(**config) as b:
+            op, _, _ = await Chatter.hello(a, "op", token=token)
+            bob, _, _ = await Chatter.hello(b, "bob")
+            await op.arrival({"bob"})
+            ban = {"type": "ban", "room": "lobby", "nick": "bob", "seconds": 60}
+            await op.ws.send(json.dumps(ban))
+            assert (await bob.next("banned"))["seconds"] == 60
+            # B publishes bob's address before his leave, on the same channel.
+            while "bob" not in (await op.next("presence"))["left"]:
+                pass
+            # Another guest nick from bob's address, on the node where the ban was taken:
+            ws = await websockets.connect(ws_url(a), subprotocols=V1)  # type: ignore[list-item]
+            await ws.send(json.dumps({"type": "hello", "nick": "bobby"}))
+            carl = Chatter(ws)
+            assert (await carl.next("welcome"))["nick"] == "bobby"
+            refused = await carl.next("error")
+            assert refused["code"] == "banned" and "lobby" in refused["message"]
+            # A plain client from that address is closed at once (it cannot read errors).
+            assert await plain_refused(a) == 1008
+            # Lifting the ban lifts the address too, on every node, bob being gone.
+            lift = {"type": "ban", "room": "lobby", "nick": "bob", "seconds": 0}
+            await op.ws.send(json.dumps(lift))
+            await op.next("banned", seconds=0)
+            await carl.ws.send(json.dumps({"type": "join", "room": "lobby"}))
+            await carl.next("joined", room="lobby")
+            await asyncio.gather(op.ws.close(), bob.ws.close(), carl.ws.close())
+
+    run(main)
+
+
+def test_a_banned_plain_client_is_closed_with_1008_when_it_comes_back(
+    redis_server: RedisServer, secret_file: Any
+) -> None:
+    from rawchat.identity import Tokens
+
+    token = Tokens(SECRET).issue("op", 60, operator=True)
+
+    async def main() -> None:
+        config = {"broker": redis_server.url, "token_secret_file": secret_file}
+        async with serving(**config) as a, serving(**config) as b:
+            op, _, _ = await Chatter.hello(a, "op", token=token)
+            plain = await wait_plain(a)
+            nick = guest_nick(a)
+            await op.arrival({nick})
+            ban = {"type": "ban", "room": "lobby", "nick": nick, "seconds": 60}
+            await op.ws.send(json.dumps(ban))
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(plain.recv(), 10)
+            assert plain.close_code == 1008
+            # Back on the same node, then on the other: closed at once, both times.
+            assert await plain_refused(a) == 1008
+            while nick not in (await op.next("presence"))["left"]:
+                pass
+            assert await plain_refused(b) == 1008
+            await op.ws.close()
+
+    run(main)
+
+
+def test_room_owners_are_the_same_on_every_node(
+    redis_server: RedisServer, secret_file: Any
+) -> None:
+    from rawchat.identity import Tokens
+
+    tokens = Tokens(SECRET)
+    op_token = tokens.issue("op", 60, operator=True)
+
+    async def main() -> None:
+        config = {"broker": redis_server.url, "token_secret_file": secret_file}
+        async with serving(**config) as a, serving(**config) as b:
+            # cy creates "dev" on A: its owner, on B too.
+            cy, _, _ = await Chatter.hello(a, "cy", token=tokens.issue("cy", 60), rooms=["dev"])
+            await cy.say("mine", room="dev")
+            await cy.next("msg", text="mine")  # back from Redis: "dev" is known there
+            # dan is the first token holder in "dev" on B, but "dev" is not new: not an owner.
+            dan, _, _ = await Chatter.hello(b, "dan", token=tokens.issue("dan", 60), rooms=["dev"])
+            bob, _, _ = await Chatter.hello(b, "bob", rooms=["dev"])
+            await cy.arrival({"bob"})
+            await dan.ws.send(json.dumps({"type": "kick", "room": "dev", "nick": "bob"}))
+            assert (await dan.next("error"))["code"] == "forbidden"
+            # cy, on B now, still owns "dev".
+            await cy.ws.close()
+            while "cy" not in (await dan.next("presence"))["left"]:
+                pass  # A frees the nick before it publishes the leave
+            cy, _, _ = await Chatter.hello(b, "cy", token=tokens.issue("cy", 60), rooms=["dev"])
+            await cy.ws.send(json.dumps({"type": "kick", "room": "dev", "nick": "bob"}))
+            assert (await bob.next("kicked", room="dev"))["by"] == "cy"
+            # An operator on A makes dan an owner: dan, on B, may moderate "dev".
+            op, _, _ = await Chatter.hello(a, "op", token=op_token)
+            await op.ws.send(json.dumps({"type": "owner", "room": "dev", "nick": "dan"}))
+            granted = await dan.next("owner", room="dev")
+            assert (granted["nick"], granted["owner"], granted["by"]) == ("dan", True, "op")
+            mute = {"type": "mute", "room": "dev", "nick": "cy", "seconds": 60}
+            await dan.ws.send(json.dumps(mute))
+            assert (await cy.next("muted", room="dev"))["by"] == "dan"
+            await asyncio.gather(*(c.ws.close() for c in (op, cy, dan, bob)))
+
+    run(main)

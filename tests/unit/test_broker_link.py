@@ -67,10 +67,36 @@ def test_malformed_payloads_cost_a_log_line_and_nothing_else() -> None:
         '{"k":"mod","room":"lobby","action":"kick","nick":"ann","by":"x","node":"n"}',
         '{"k":"bin","room":"lobby","data":"zz","node":"n"}',
         '{"k":"del","room":"lobby","id":true,"by":"x","node":"n"}',
+        '{"k":"mod","room":"lobby","action":"address","nick":"bob","by":"x","seconds":60,'
+        '"reason":null,"address":null,"node":"n"}',
+        '{"k":"mod","room":"lobby","action":"ban","nick":"bob","by":"x","seconds":60,'
+        '"reason":null,"address":7,"node":"n"}',
     ):
         broker._received(payload)
     assert ann.read() == [] and broker.up
     assert ann.closes() == []
+
+
+def mod(**fields: Any) -> str:
+    """A moderation payload as another node publishes it."""
+    base = {"k": "mod", "room": "lobby", "by": "op", "reason": None, "address": None}
+    return json.dumps({**base, **fields, "node": "other"})
+
+
+def test_owners_and_banned_addresses_published_by_another_node_hold_here() -> None:
+    state, (ann,), broker = linked("ann")
+    moderation = state.chat.moderation
+    broker._received(mod(action="owner", nick="Cy", seconds=1))
+    assert moderation.owners.holds("lobby", "cy")
+    told = [m for m in ann.read() if m["type"] == "owner"]
+    assert told == [{"type": "owner", "room": "lobby", "nick": "Cy", "owner": True, "by": "op"}]
+    broker._received(mod(action="owner", nick="cy", seconds=0))
+    assert not moderation.owners.holds("lobby", "cy")
+    # A guest banned on the other node, from an address this node never saw.
+    broker._received(mod(action="address", nick="bob", seconds=60, address="192.0.2.7"))
+    assert moderation.address_bans.remaining("lobby", "192.0.2.7") == 60
+    broker._received(mod(action="ban", nick="bob", seconds=0))
+    assert moderation.address_bans.remaining("lobby", "192.0.2.7") == 0
 
 
 def test_a_hello_waits_for_the_broker_and_is_welcomed_here_if_the_link_goes_down() -> None:

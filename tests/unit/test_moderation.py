@@ -226,6 +226,16 @@ def test_a_banned_guest_cannot_rejoin_from_its_address_under_another_nick() -> N
     assert kinds(again.read()) == ["joined"]
 
 
+def test_lifting_the_ban_of_a_guest_who_has_left_frees_its_address() -> None:
+    world = World()
+    op, bob = world.operator(), world.join("bob")
+    op.say(type="ban", room="lobby", nick="bob", seconds=60)
+    bob.client.conn.connection_lost(None)
+    op.say(type="ban", room="lobby", nick="bob", seconds=0)
+    again = hello(world.state, world.loop, "robert")  # bob's address
+    assert kinds(again.read()) == ["welcome", "joined"]
+
+
 def test_mute_refusal_is_seen_by_the_muted_sender_only_and_lifts() -> None:
     world = World()
     op, bob, cy = world.operator(), world.join("bob"), world.join("cy")
