@@ -264,7 +264,8 @@ class WebSocketPhase:
     def _message(self, event: TextMessage | BytesMessage) -> None:
         verdict = self.inbound.receive(event, self.session)
         if verdict is Verdict.DELIVERED:
-            if self.awaiting_hello and self.session is not None and self.session.greeted:
+            session = self.session  # welcomed, or (with a broker) waiting for its word
+            if self.awaiting_hello and session is not None and (session.greeted or session.key):
                 self.awaiting_hello = False
                 self._do(_CANCEL_TIMER)
         elif verdict is Verdict.SHAPED:

@@ -125,3 +125,18 @@ def test_a_resume_across_a_jump_in_ids_gets_each_missed_message_once() -> None:
     joined = back.read()[1]
     assert [h["id"] for h in joined["history"]] == [51]
     assert joined["truncated"] is False
+
+
+def test_a_hello_waiting_for_the_broker_is_not_closed_as_no_hello() -> None:
+    """With a broker the welcome waits for Redis's word on the nick: a client that said
+    hello and waits quietly must not be closed with 4001 when --handshake-timeout passes."""
+    state, _, broker = linked()
+    loop = state.loop
+    bob = hello(state, loop, "bob")  # type: ignore[arg-type]
+    assert bob.read() == []  # the nick is being claimed on every node
+    loop.advance(state.config.handshake_timeout + 1)  # type: ignore[attr-defined]
+    assert bob.read() == [] and bob.closes() == []
+    broker._lose("test: Redis is gone")  # this node answers the hello itself
+    assert [m["type"] for m in bob.read()][:2] == ["welcome", "joined"]
+    loop.advance(state.config.handshake_timeout + 1)  # type: ignore[attr-defined]
+    assert bob.closes() == []
