@@ -133,6 +133,11 @@ class TypingRelay:
         #: (room, nick key) -> when its last notice went out.
         self._last: dict[tuple[str, str], float] = {}
 
+    def posted(self, room: str, key: str) -> None:
+        """The user's message reached ``room``: pages drop their notice when it arrives,
+        so the user's next notice must go out at once, not an interval later."""
+        self._last.pop((room, key), None)
+
     def relay(self, chat: Venue, session: Session, name: str) -> None:
         room = session.rooms.get(name)
         if room is None:

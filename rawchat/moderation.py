@@ -166,6 +166,7 @@ class Moderation:
         if left:
             self.counts["muted"] += 1
             raise m.ProtocolError("muted", f"you are muted in {room} for {left} more seconds", cid)
+        self.typing.posted(room, session.key)  # its message ends its notice on every page
 
     def may_moderate(self, session: Session, room: str) -> bool:
         seat = session.seat

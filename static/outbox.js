@@ -33,6 +33,8 @@ export function submitText() {
   ui.text.value = "";
   autoGrow();
   takeCid();
+  // The message clears our typing notice on every page: the next keystroke tells again.
+  room.typingSentAt = 0;
   const pending = { cid, seq, text, sentOn: null, claimed: false, failed: false };
   pending.item = renderMessage(room, { text }, { own: true, pending: true });
   room.pending.set(pending.cid, pending);

@@ -359,6 +359,19 @@ def test_typing_is_relayed_to_the_room_at_most_once_per_interval() -> None:
     assert errors(ann) == ["not_in_room"]
 
 
+def test_a_message_ends_the_typing_notice_so_the_next_one_goes_out_at_once() -> None:
+    """Each page drops a typist's notice when their message arrives: their next words
+    must be announced again, not swallowed for the rest of the interval."""
+    world = World()
+    ann, bob = world.join("ann"), world.join("bob")
+    ann.read()
+    ann.say(type="typing", room="lobby")
+    ann.say(type="msg", room="lobby", text="first")
+    world.now += 1.0
+    ann.say(type="typing", room="lobby")
+    assert kinds(bob.read()) == ["typing", "msg", "typing"]
+
+
 def test_tokens_refuse_a_short_secret() -> None:
     with pytest.raises(ValueError):
         Tokens(b"short")
