@@ -12,7 +12,9 @@ import contextlib
 import os
 import queue
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +22,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+
+import pytest
 
 #: What rawchat logs once its socket is bound, plain or inside a JSON log line:
 #: "rawchat listening on http://127.0.0.1:8080 (uvloop)", or "(uvloop, 2 workers)" from
@@ -237,3 +241,25 @@ class RawchatProcess(ServerProcess):
     @property
     def ws_url(self) -> str:
         return f"{'wss' if self.scheme == 'https' else 'ws'}://{self.host}:{self.port}/ws"
+
+
+def system_program(name: str, *, also_in: str = "") -> str:
+    """Where a program from Debian's packages is, for a test that runs it.
+
+    `make test` installs it when missing; should it still be missing, the test fails under
+    CI (a prerequisite is never skipped there) and is skipped elsewhere.
+    """
+    found = shutil.which(name) or (shutil.which(name, path=also_in) if also_in else None)
+    if found is None:
+        message = f"{name} is not installed (make test installs Debian's {name})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for programs that cannot take port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import socket
 
-import pytest
-
-from tests.processes import ServerProcess
+from tests.processes import ServerProcess, free_port, system_program
 
 
 def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found is None:
-        message = "redis-server is not installed (make test installs Debian's redis-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return system_program("redis-server")
 
 
 class RedisServer:

@@ -9,10 +9,7 @@ the clients' addresses only through X-Forwarded-For.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
-import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 from rawchat.connection import Connection
 from rawchat.server import Server
 from tests.integration.conftest import run, serving
-from tests.processes import ServerProcess
+from tests.processes import ServerProcess, free_port, system_program
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "proxy.md"
 SITE = "chat.example.com"
@@ -33,19 +30,7 @@ BOUND = 5.0
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-    if found is None:
-        message = "nginx is not installed (make test installs Debian's nginx)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return system_program("nginx", also_in="/usr/sbin:/sbin")
 
 
 def documented_block() -> str:
