@@ -18,7 +18,9 @@ token is there again; what it sends meanwhile waits in TCP, slowing the
 client itself. Shaped publishers whose timers fall due take turns, round robin.
 
 When the event loop as a whole falls behind (rawchat.overload measures its
-lag), every publisher gets the same share: one that had ``share`` messages
+lag), or most readers do at once (more than half of them past the pressure
+mark: what is published is more than they can read), every publisher gets the
+same share: one that had ``share`` messages
 handled in a read waits, held the same way, for its turn at one of the
 monitor's ticks, behind the others that wait. A flood is then served a few
 messages per turn, like any client, and honest publishers (a message or two per read) are
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from rawchat.hub import Hub, Outbox
@@ -103,6 +106,7 @@ class Backpressure:
         "_serving",
         "_was_overloaded",
         "_ticks",
+        "readers",
         "holds",
         "waits",
         "read_turns",
@@ -118,8 +122,14 @@ class Backpressure:
         #: Publishers that had their share while overloaded: served at the next turn.
         self._waiting = TurnQueue()
         self.load = OverloadMonitor(
-            loop.time, loop.call_later, on_tick=self._next_tick, waiting=self._waiting.__len__
+            loop.time,
+            loop.call_later,
+            on_tick=self._next_tick,
+            waiting=self._waiting.__len__,
+            behind=self._most_behind,
         )
+        #: How many clients read broadcasts (the server sets it: its WebSockets).
+        self.readers: Callable[[], int] = lambda: 0
         #: Shaped publishers, each with the timer that gives it its next turn.
         self._shaped: dict[Publisher, asyncio.TimerHandle] = {}
         #: Served at the next iteration: shaped publishers whose timer fell due,
@@ -155,6 +165,11 @@ class Backpressure:
         timer = self.congested.pop(box, None)
         if timer is not None:
             timer.cancel()
+
+    def _most_behind(self) -> bool:
+        """Whether more than half the readers (two at least) are congested at once."""
+        behind = len(self.congested)
+        return behind >= 2 and 2 * behind > self.readers()
 
     def _too_slow(self, box: Outbox) -> None:
         self.congested.pop(box, None)
@@ -220,12 +235,23 @@ class Backpressure:
     def _log_change(self) -> None:
         load = self.load
         if load.overloaded:
+            if load.readers_behind:
+                why = f"{len(self.congested)} of {self.readers()} clients behind on their reads"
+            elif load.lag >= load.enter_lag:
+                why = f"event loop {load.lag * 1000:.0f} ms late"
+            else:
+                why = f"event loop {load.busy:.0%} busy"
             log.warning(
-                "event loop %.0f ms late: publishers take turns, %d messages every %.1f s",
-                load.lag * 1000,
+                "%s: publishers take turns, %d messages every %.1f s",
+                why,
                 load.share,
                 load.turn_ticks * load.interval,
-                extra={"event": "overloaded", "lag_ms": round(load.lag * 1000, 1)},
+                extra={
+                    "event": "overloaded",
+                    "lag_ms": round(load.lag * 1000, 1),
+                    "busy": round(load.busy, 2),
+                    "behind": len(self.congested),
+                },
             )
         else:
             log.info(

@@ -4,13 +4,23 @@ A repeating timer is due every ``interval`` seconds; how late it runs (its
 *lag*) is how long the loop was busy with something else: one read, one
 fan-out, one flush that took that long. Every message a client sends waits
 at least that long too, so lag is the latency everyone pays, and it is what
-rawchat watches. The share of congested clients is not a measure of load: one
-stalled reader in a room of four is a quarter of the clients, and a server
-that is idle otherwise.
+rawchat watches. The other is downstream: when most readers are behind on
+their reads at once (``behind``: past the pressure mark, rawchat.flow), what is
+published is more than they can take, and every queue grows into latency for
+all of them while the loop itself is on time. One stalled reader in a room of
+four is not that: it pays alone (eviction), and the others are not slowed.
 
-Past ``enter_lag`` at two ticks in a row, or past four times that once, the
-loop is *overloaded* (one tick a little late may be a collection, or another
-process on the core): publishers take turns (see
+Lag alone misses a loop that is busy in short iterations: a flood read a
+few messages at a time, each fanned out and flushed within the tick. So the
+loop's thread's CPU time is read at every tick too (``work_clock``): the share
+of the tick it spent working (``busy``) says how close the server is to what
+it can do.
+
+Past ``enter_lag``, or busy past ``enter_busy``, or with most readers behind,
+at two ticks in a row, or past four times ``enter_lag`` once, the loop is
+*overloaded* (one tick a little late may be a collection, or another process
+on the core):
+publishers take turns (see
 rawchat.flow and rawchat.inbound): each may have ``share`` messages handled
 per read or per turn, then its reading pauses and it waits behind the others.
 A flooding connection then gets a turn like any other publisher, and the
@@ -23,7 +33,8 @@ costs a flush to every recipient (and a read to each of them), whatever it
 carries.
 
 Only once ``calm_needed`` ticks have measured under ``leave_lag`` since the
-last late one, with no publisher waiting for its turn (``waiting``), does
+last late one, with no publisher waiting for its turn (``waiting``) and most
+readers keeping up, does
 everyone read freely again; ticks in between count for neither. A publisher
 that still waits is still sending past its share: the loop keeps up *because*
 it takes turns, and releasing it would only bring the lag back. When the lag
@@ -49,6 +60,13 @@ INTERVAL = 0.02
 #: waited that long for an iteration that had nothing to do with it.
 ENTER_LAG = 0.015
 LATE_TICKS = 2
+#: A loop that works this share of the time at LATE_TICKS ticks in a row is
+#: overloaded, however short its iterations. Measured on the abuse scenario:
+#: an honest room of 1,000 at 20 msg/s keeps the loop about 20% busy, with
+#: ticks up to 12 ms late (each message is a thousand writes); a flood read a
+#: few messages at a time kept the ticks under ENTER_LAG for 1.5 s while the
+#: loop worked 75-100% of the time and the readers fell 0.7 s behind.
+ENTER_BUSY = 0.75
 #: CALM_TICKS ticks under this lag (half a second's) with none late between
 #: them, and it is calm again. Above the millisecond an idle loop's timer may
 #: be late by.
@@ -86,12 +104,17 @@ class OverloadMonitor:
         "call_later",
         "interval",
         "enter_lag",
+        "enter_busy",
         "leave_lag",
         "calm_ticks",
         "share",
         "turn_ticks",
         "on_tick",
         "waiting",
+        "behind",
+        "readers_behind",
+        "work_clock",
+        "busy",
         "overloaded",
         "lag",
         "episodes",
@@ -100,6 +123,7 @@ class OverloadMonitor:
         "_late",
         "_left_at",
         "_due",
+        "_worked",
         "_timer",
     )
 
@@ -110,12 +134,15 @@ class OverloadMonitor:
         *,
         interval: float = INTERVAL,
         enter_lag: float = ENTER_LAG,
+        enter_busy: float = ENTER_BUSY,
         leave_lag: float = LEAVE_LAG,
         calm_ticks: int = CALM_TICKS,
         share: int = SHARE,
         turn_ticks: int = TURN_TICKS,
         on_tick: Callable[[], None] | None = None,
         waiting: Callable[[], int] = lambda: 0,
+        behind: Callable[[], bool] = lambda: False,
+        work_clock: Callable[[], float] | None = None,
     ) -> None:
         if not 0 < leave_lag <= enter_lag:
             raise ValueError("leave_lag must be positive and at most enter_lag")
@@ -123,6 +150,7 @@ class OverloadMonitor:
         self.call_later = call_later
         self.interval = interval
         self.enter_lag = enter_lag
+        self.enter_busy = enter_busy
         self.leave_lag = leave_lag
         self.calm_ticks = calm_ticks
         self.share = max(1, share)
@@ -131,6 +159,15 @@ class OverloadMonitor:
         self.on_tick = on_tick
         #: How many publishers wait for their turn: none may, for a tick to be calm.
         self.waiting = waiting
+        #: Whether most readers are behind on their reads (rawchat.flow decides).
+        self.behind = behind
+        #: What the latest tick found: most readers behind (else the lag alone counted).
+        self.readers_behind = False
+        #: CPU time of the loop's thread (time.thread_time in the server); None:
+        #: the lag alone is measured.
+        self.work_clock = work_clock
+        #: The share of the latest tick the loop spent working.
+        self.busy = 0.0
         #: Read for every message while turns may be due: a plain attribute.
         self.overloaded = False
         #: The latest lag measured, in seconds.
@@ -146,6 +183,8 @@ class OverloadMonitor:
         #: When it was last calm again (clock time); None before that.
         self._left_at: float | None = None
         self._due = 0.0
+        #: The work clock when the latest tick was scheduled.
+        self._worked = 0.0
         self._timer: Timer | None = None
 
     @property
@@ -164,18 +203,26 @@ class OverloadMonitor:
 
     def _schedule(self) -> None:
         self._due = self.clock() + self.interval
+        if self.work_clock is not None:
+            self._worked = self.work_clock()
         self._timer = self.call_later(self.interval, self._tick)
 
     def _tick(self) -> None:
-        self.measured(max(0.0, self.clock() - self._due))
+        lag = max(0.0, self.clock() - self._due)
+        busy = 0.0
+        if self.work_clock is not None:
+            busy = (self.work_clock() - self._worked) / (self.interval + lag)
+        self.measured(lag, busy)
         self._schedule()
         if self.on_tick is not None:
             self.on_tick()
 
-    def measured(self, lag: float) -> None:
-        """Take one lag sample into account (the timer's, or a test's)."""
+    def measured(self, lag: float, busy: float = 0.0) -> None:
+        """Take one tick's lag and busy share into account (the timer's, or a test's)."""
         self.lag = lag
-        if lag >= self.enter_lag:
+        self.busy = busy
+        behind = self.readers_behind = self.behind()
+        if lag >= self.enter_lag or busy >= self.enter_busy or behind:
             self._calm = 0
             if not self.overloaded:
                 self._late += 1

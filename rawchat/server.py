@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -32,6 +33,8 @@ class ServerState(Shared):
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(config, loop)
+        self.flow.readers = self.websockets.__len__  # who may fall behind on broadcasts
+        self.flow.load.work_clock = time.thread_time  # how busy the loop is (overload)
         self.broker: Broker | None = None
         #: The history on disk, unless --data none or --broker (set by Server.start).
         self.archive: Archive | None = None

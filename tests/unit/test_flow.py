@@ -258,3 +258,46 @@ def test_a_reader_that_fills_a_whole_read_is_read_again_at_the_next_iteration() 
     assert flooder.transport.reading
     assert state.flow.waits == state.flow.holds == 0
     assert texts(reader) == [f"{i:04d}" for i in range(READ_SIZE // 10)]
+
+
+def test_a_flood_that_leaves_most_readers_behind_is_served_in_turns_with_the_loop_on_time() -> None:
+    """A flooder whose fan-out the readers cannot take gets turns like an overloaded loop's.
+
+    Before, only the loop's own lag counted: a flood that the server could
+    write but its readers could not read kept every honest client's queue
+    growing, seconds of latency for all, with the loop on time.
+    """
+    state, loop = make_state()
+    state.flow.start()
+    load = state.flow.load
+    flooder, honest = Client(state, loop), Client(state, loop)
+    readers = [Client(state, loop) for _ in range(5)]
+    for reader in readers[:4]:  # four of seven
+        reader.conn.pause_writing()  # behind on its reads: past the pressure mark
+    for _ in range(3):
+        loop.advance(load.interval)  # on time
+    assert load.overloaded, "most readers behind is overload too"
+    share = load.share
+    flood(flooder, "f", 8 * share)
+    honest.send(TextMessage("hello"))
+    readers[4].receive()
+    got = texts(readers[4])
+    assert got.count("hello") == 1, "the honest sender is not held"
+    assert [t for t in got if t[0] == "f"] == [f"f{i:02d}" for i in range(share)]
+    assert not flooder.transport.reading, "the flooder waits for its turn"
+
+
+def test_one_reader_behind_in_a_room_of_four_is_no_overload() -> None:
+    state, loop = make_state()
+    state.flow.start()
+    load = state.flow.load
+    sender = Client(state, loop)
+    readers = [Client(state, loop) for _ in range(3)]
+    readers[0].conn.pause_writing()
+    for _ in range(3 * load.calm_ticks):
+        loop.advance(load.interval)
+    assert not load.overloaded and load.episodes == 0
+    flood(sender, "s", 4 * load.share)
+    readers[1].receive()
+    assert sender.transport.reading, "its whole read handled at once"
+    assert texts(readers[1]) == [f"s{i:02d}" for i in range(4 * load.share)]

@@ -103,3 +103,26 @@ def test_each_tick_gives_turns_and_stop_ends_the_ticks() -> None:
     load.stop()
     loop.advance(1.0)
     assert len(ticks) == 3 and not load.overloaded
+
+
+def test_a_loop_busy_in_short_iterations_is_overloaded_though_on_time() -> None:
+    """Before, lag alone counted: a flood read a few messages at a time kept
+    every tick on time while the loop worked all the time and readers fell behind."""
+    loop = FakeLoop()
+    worked = [0.0]
+    load = monitor(loop, interval=0.02, work_clock=lambda: worked[0])  # type: ignore[arg-type]
+
+    def tick(busy: float) -> None:
+        worked[0] += busy * 0.02
+        loop.advance(0.02)
+
+    for _ in range(50):
+        tick(0.2)  # an honest room of a thousand
+    assert not load.overloaded and abs(load.busy - 0.2) < 1e-6
+    tick(0.9)
+    assert not load.overloaded, "one busy tick may be a collection"
+    tick(0.5)
+    tick(0.9)
+    assert not load.overloaded
+    tick(0.9)
+    assert load.overloaded and load.lag == 0.0
