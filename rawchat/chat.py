@@ -6,11 +6,9 @@ encoded once per representation: one JSON text for the room's v1 members (plus
 one copy carrying the sender's ``cid`` for the sender), and the verbatim text for
 the room's plain members. Those frames are then fanned out unchanged.
 
-Rooms outlive their members for a while, so that a client that drops and comes
-back can resume from history even if it was alone in the room: empty rooms are
-kept, oldest dropped first, up to ``MAX_IDLE_ROOMS``. A room made again after
-being forgotten numbers its messages after every id the server gave before, so
-an id never names two messages within an epoch.
+The rooms themselves (made, kept idle for resumes, joins answered) are
+rawchat.registry's. With a broker (rawchat.broker), setting `Chat.relay` links
+the registry to it too.
 """
 
 from __future__ import annotations
@@ -18,8 +16,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 from rawchat import frames, identity, replies
@@ -31,15 +28,11 @@ from rawchat.hub import Hub, Outbox
 from rawchat.identity import GUEST
 from rawchat.moderation import Moderation
 from rawchat.presence import Presence, Schedule
+from rawchat.registry import RoomRegistry
 from rawchat.rooms import Closable, Relay, Room, Session
 
-#: Empty rooms (and their history) kept for clients that come back.
-MAX_IDLE_ROOMS = 1024
 #: Consecutive protocol errors after which a client is closed with TOO_MANY_ERRORS.
 MAX_ERRORS_IN_A_ROW = 10
-#: Nicks a ``joined`` reply lists; its "count" is the room's true size. A full list
-#: made joining quadratic: the n-th member got n nicks.
-MAX_MEMBERS_LISTED = 200
 
 #: Who sent a message that went through the broker: its outbox, and its cid if any.
 Sender = tuple[Outbox, str | None]
@@ -57,32 +50,37 @@ class Chat:
     ) -> None:
         self.hub = hub
         self.history = config.history
-        #: Makes each room's history: memory, and the store behind it (rawchat.archive).
-        self.shelf = Shelf(config, clock)
         self.max_rooms = config.max_rooms
         self.max_bytes = config.max_message
         self.max_text = m.max_text_for(config.max_message)
         self.clock = clock
         self.presence = Presence(hub, call_later)
-        #: Set at shutdown: members leave without presence (see `close`).
-        self.closing = False
+        self.registry = RoomRegistry(hub, Shelf(config, clock), self.presence)
         #: Names this server run; a client resuming with another epoch gets no resume.
         self.epoch = secrets.token_urlsafe(6)
-        self.rooms: dict[str, Room] = {}
-        self._idle: OrderedDict[str, None] = OrderedDict()
-        #: The newest id of any room forgotten: a room made again numbers after it.
-        self.forgotten_ids = 0
         self.nicks: dict[str, Session] = {}
         self.guests = itertools.count(1)
         self._sessions = itertools.count(1)
-        #: The broker, when there is one (set by it).
-        self.relay: Relay | None = None
+        self._relay: Relay | None = None
         #: Messages published through the relay and not seen back from it yet:
         #: token -> their sender, to acknowledge them with their cid when they come back.
         self.awaiting_echo: dict[int, Sender] = {}
         self._tokens = itertools.count(1)
         #: Tokens, reserved nicks, owners, mutes, bans, direct messages, typing.
         self.moderation = Moderation.from_config(config, clock)
+
+    @property
+    def relay(self) -> Relay | None:
+        """The broker, when there is one (it sets itself here)."""
+        return self._relay
+
+    @relay.setter
+    def relay(self, relay: Relay | None) -> None:
+        self._relay = self.registry.relay = relay
+
+    @property
+    def rooms(self) -> Mapping[str, Room]:
+        return self.registry.rooms
 
     # -- sessions ---------------------------------------------------------
 
@@ -92,7 +90,7 @@ class Chat:
         if self.moderation.refuses_plain(session):  # its address is banned from the lobby
             return session
         self._claim_nick(session, self._guest_nick())
-        self._enter(session, self.room(m.DEFAULT_ROOM))
+        self.registry.enter(session, self.registry.room(m.DEFAULT_ROOM))
         return session
 
     def _guest_nick(self) -> str:
@@ -113,7 +111,7 @@ class Chat:
         read it. With a broker, other nodes drop this node's members when its
         heartbeat expires.
         """
-        self.closing = True
+        self.registry.closing = True
         self.presence.stop()
 
     def disconnect(self, session: Session) -> None:
@@ -122,8 +120,11 @@ class Chat:
             if self.relay is not None and self.relay.up:  # before the leave: see docs/broker.md
                 self.relay.release(session.key)
         for room in list(session.rooms.values()):
-            self.exit_room(session, room)
+            self.registry.exit(session, room)
         self.hub.drop(session.outbox)
+
+    def exit_room(self, session: Session, room: Room) -> None:
+        self.registry.exit(session, room)
 
     # -- what clients say ---------------------------------------------------
 
@@ -182,7 +183,7 @@ class Chat:
             room = session.rooms.get(message.room)
             if room is None:
                 raise m.ProtocolError("not_in_room", f"you are not in {message.room}")
-            self.exit_room(session, room)
+            self.registry.exit(session, room)
             self.send(session, replies.encode_left(room.name))
         elif isinstance(message, m.Nick):
             self._rename(session, message.nick)
@@ -237,50 +238,11 @@ class Chat:
                 self.send(session, replies.encode_error(refused.code, refused.message))
 
     def _join(self, session: Session, name: str, after: int | None, *, stale: bool = False) -> None:
-        room = session.rooms.get(name)
-        if room is None:
+        if name not in session.rooms:
             if len(session.rooms) >= self.max_rooms:
                 raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
             self.moderation.may_join(self, session, name)  # bans, owners
-            room = self.room(name)
-            self._enter(session, room)
-        if room.loaded:
-            self._joined(session, room, after, stale)
-        else:
-            room.waiting.append((session, after, stale))
-
-    def _joined(self, session: Session, room: Room, after: int | None, stale: bool) -> None:
-        """Answer a join: the members, and the newest page of history or what was missed.
-
-        A resume whose missed messages fit one page gets exactly those; otherwise
-        the newest page, with "more" for the client to page back through. It is
-        truncated when messages after its id are gone (or the id is another run's).
-        """
-        if stale:
-            page, more = room.history.page(None, m.HISTORY_LIMIT, PAGE_BYTES)
-            truncated = True
-        else:
-            page, more, truncated = room.history.since(after, m.HISTORY_LIMIT, PAGE_BYTES)
-        self.send(
-            session,
-            replies.encode_joined(
-                room.name,
-                room.nicks(MAX_MEMBERS_LISTED),
-                page,
-                room.last_id,
-                truncated,
-                more=more,
-                count=room.count(),
-            ),
-        )
-
-    def room_loaded(self, room: Room) -> None:
-        """The broker filled in a room's history and remote members: answer waiting joins."""
-        room.loaded = True
-        waiting, room.waiting = room.waiting, []
-        for session, after, stale in waiting:
-            if session.rooms.get(room.name) is room:
-                self._joined(session, room, after, stale)
+        self.registry.join(session, name, after, stale)
 
     def _rename(self, session: Session, nick: str) -> None:
         old = session.nick
@@ -364,47 +326,6 @@ class Chat:
             self._rename(session, self._guest_nick())
             if not session.plain:
                 self.send(session, replies.encode_error("nick_taken", f"{nick} is taken"))
-
-    def room(self, name: str) -> Room:
-        """The room called ``name``, made (and, with a broker, loaded) if need be."""
-        room = self.rooms.get(name)
-        if room is None:
-            room = self.rooms[name] = Room(name, self.shelf.make(name, self.forgotten_ids))
-            if self.relay is not None and self.relay.up:
-                room.loaded = False
-                self.relay.load(room)
-        else:
-            self._idle.pop(name, None)
-        return room
-
-    def _enter(self, session: Session, room: Room) -> None:
-        self.presence.join(room, session.nick)
-        room.members[session] = None
-        (room.plain if session.plain else room.v1).add(session.outbox)
-        session.rooms[room.name] = room
-        if self.relay is not None and self.relay.up:
-            self.relay.presence(room.name, "join", session.nick, None)
-
-    def exit_room(self, session: Session, room: Room) -> None:
-        del session.rooms[room.name]
-        room.members.pop(session, None)
-        (room.plain if session.plain else room.v1).discard(session.outbox)
-        if self.closing:
-            return  # see close: nobody is told, and no room is worth keeping now
-        self.presence.leave(room, session.nick)
-        if self.relay is not None and self.relay.up:
-            self.relay.presence(room.name, "leave", session.nick, None)
-        if not room.members and room.name != m.DEFAULT_ROOM:
-            self._idle[room.name] = None
-            while len(self._idle) > MAX_IDLE_ROOMS:
-                name, _ = self._idle.popitem(last=False)
-                self.forget(self.rooms[name])
-
-    def forget(self, room: Room) -> None:
-        """Drop a room and its history; ids go on from its last one if it is made again."""
-        del self.rooms[room.name]
-        self.forgotten_ids = max(self.forgotten_ids, room.last_id)
-        room.history.clear()
 
     def refuse(self, session: Session, code: str, message: str, dropped: str) -> None:
         """Tell a v1 client that the message ``dropped`` was not handled (with its cid)."""

@@ -239,11 +239,11 @@ class Arrivals:
                 encoded = replies.encode_msg(name, id, ts, nick, text)
                 room.history.append(id, ts, nick, text, encoded)
             room.history.last_id = max(last_id, stored[-1]["id"] if stored else 0)
-            chat.room_loaded(room)
+            chat.registry.loaded(room)
         else:
             # A reload (after an outage, or a gap): members are here and must
             # get what they missed live, after any waiting join is answered.
-            chat.room_loaded(room)
+            chat.registry.loaded(room)
             for message in stored:
                 if message["id"] > room.last_id:
                     chat.deliver(

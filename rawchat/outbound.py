@@ -204,7 +204,7 @@ class Outbound:
                 self._loading.pop(name, None)
                 # A founder owns the room here, as on a single node (if the room is still here).
                 self.chat.moderation.owners.founded(name, self.chat.rooms.get(name) is room)
-                self.chat.room_loaded(room)  # carry on with what this node has
+                self.chat.registry.loaded(room)  # carry on with what this node has
 
     def _queue(self, item: Outgoing) -> None:
         if self.up and len(self._outgoing) >= self.max_outgoing:
