@@ -213,7 +213,7 @@ class Broker(Outbound):
         # unique across nodes (after GUEST_BLOCK guests a node would overlap the
         # next block; local uniqueness is still checked).
         end = await r.incrby(x.PREFIX + "guests", GUEST_BLOCK)
-        chat.guests = itertools.count(int(end) - GUEST_BLOCK + 1)
+        chat.names.guests = itertools.count(int(end) - GUEST_BLOCK + 1)
         await self._beat()
         # Up from here: whatever changes after the snapshot below is queued for the
         # writer (which starts after it), so nobody who comes meanwhile is missed.

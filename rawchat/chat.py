@@ -7,8 +7,8 @@ one copy carrying the sender's ``cid`` for the sender), and the verbatim text fo
 the room's plain members. Those frames are then fanned out unchanged.
 
 The rooms themselves (made, kept idle for resumes, joins answered) are
-rawchat.registry's. With a broker (rawchat.broker), setting `Chat.relay` links
-the registry to it too.
+rawchat.registry's; who holds which nick is rawchat.nicks'. With a broker
+(rawchat.broker), setting `Chat.relay` links both to it too.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from functools import partial
 
-from rawchat import frames, identity, replies
+from rawchat import frames, replies
 from rawchat import messages as m
 from rawchat.archive import Shelf
 from rawchat.config import Config
@@ -27,6 +27,7 @@ from rawchat.history import PAGE_BYTES
 from rawchat.hub import Hub, Outbox
 from rawchat.identity import GUEST
 from rawchat.moderation import Moderation
+from rawchat.nicks import Nicks
 from rawchat.presence import Presence, Schedule
 from rawchat.registry import RoomRegistry
 from rawchat.rooms import Closable, Relay, Room, Session
@@ -36,11 +37,11 @@ MAX_ERRORS_IN_A_ROW = 10
 
 #: Who sent a message that went through the broker: its outbox, and its cid if any.
 Sender = tuple[Outbox, str | None]
-#: What a nick claim is told once the broker answers: whether another node holds the nick.
-Answer = Callable[[bool], None]
 
 
 class Chat:
+    """Where sessions come, go and speak: checked here, handled by the chat's pieces."""
+
     def __init__(
         self,
         hub: Hub,
@@ -49,25 +50,24 @@ class Chat:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.hub = hub
-        self.history = config.history
+        self.config = config
         self.max_rooms = config.max_rooms
-        self.max_bytes = config.max_message
         self.max_text = m.max_text_for(config.max_message)
-        self.clock = clock
-        self.presence = Presence(hub, call_later)
-        self.registry = RoomRegistry(hub, Shelf(config, clock), self.presence)
         #: Names this server run; a client resuming with another epoch gets no resume.
         self.epoch = secrets.token_urlsafe(6)
-        self.nicks: dict[str, Session] = {}
-        self.guests = itertools.count(1)
         self._sessions = itertools.count(1)
+        #: Tokens, reserved nicks, owners, mutes, bans, direct messages, typing. The nick
+        #: registry asks it about reserved nicks too: replace it there as well.
+        self.moderation = Moderation.from_config(config, clock)
+        self.presence = Presence(hub, call_later)
+        self.registry = RoomRegistry(hub, Shelf(config, clock), self.presence)
+        self.names = Nicks(hub, self.moderation, self.presence)
+        self.clock = clock
         self._relay: Relay | None = None
         #: Messages published through the relay and not seen back from it yet:
         #: token -> their sender, to acknowledge them with their cid when they come back.
         self.awaiting_echo: dict[int, Sender] = {}
         self._tokens = itertools.count(1)
-        #: Tokens, reserved nicks, owners, mutes, bans, direct messages, typing.
-        self.moderation = Moderation.from_config(config, clock)
 
     @property
     def relay(self) -> Relay | None:
@@ -76,11 +76,16 @@ class Chat:
 
     @relay.setter
     def relay(self, relay: Relay | None) -> None:
-        self._relay = self.registry.relay = relay
+        self._relay = self.registry.relay = self.names.relay = relay
 
     @property
     def rooms(self) -> Mapping[str, Room]:
         return self.registry.rooms
+
+    @property
+    def nicks(self) -> Mapping[str, Session]:
+        """Nick key -> the session holding it."""
+        return self.names.holders
 
     # -- sessions ---------------------------------------------------------
 
@@ -89,15 +94,9 @@ class Chat:
         session = Session(outbox, plain=True, connection=connection)
         if self.moderation.refuses_plain(session):  # its address is banned from the lobby
             return session
-        self._claim_nick(session, self._guest_nick())
+        self.names.claim(session, self.names.guest_nick())
         self.registry.enter(session, self.registry.room(m.DEFAULT_ROOM))
         return session
-
-    def _guest_nick(self) -> str:
-        nick = f"guest-{next(self.guests)}"
-        while nick in self.nicks or self.moderation.reserved.is_reserved(nick):
-            nick = f"guest-{next(self.guests)}"
-        return nick
 
     def connect_v1(self, outbox: Outbox, connection: Closable) -> Session:
         """A rawchat.v1 client: nothing happens until its hello."""
@@ -115,10 +114,7 @@ class Chat:
         self.presence.stop()
 
     def disconnect(self, session: Session) -> None:
-        if session.key and self.nicks.get(session.key) is session:
-            del self.nicks[session.key]
-            if self.relay is not None and self.relay.up:  # before the leave: see docs/broker.md
-                self.relay.release(session.key)
+        self.names.release(session)  # before the leave: see docs/broker.md
         for room in list(session.rooms.values()):
             self.registry.exit(session, room)
         self.hub.drop(session.outbox)
@@ -186,7 +182,7 @@ class Chat:
             self.registry.exit(session, room)
             self.send(session, replies.encode_left(room.name))
         elif isinstance(message, m.Nick):
-            self._rename(session, message.nick)
+            self.names.rename(session, message.nick)
         elif isinstance(message, m.HistoryRequest):
             room = session.rooms.get(message.room)
             if room is None:
@@ -203,17 +199,16 @@ class Chat:
             raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
         self.moderation.admit(session, hello)  # its token, if any
         try:  # with a broker, the welcome waits for its word: nicks are unique on every node
-            self._claim_nick(session, hello.nick, partial(self._welcome, session, hello))
+            self.names.claim(session, hello.nick, partial(self._welcome, session, hello))
         except m.ProtocolError:
             session.seat = GUEST
             raise
 
     def _welcome(self, session: Session, hello: m.Hello, taken: bool) -> None:
-        if self.nicks.get(session.key) is not session:
+        if not self.names.holds(session):
             return  # gone while the broker was asked
         if taken:
-            del self.nicks[session.key]
-            session.key = session.nick = ""  # its seat goes with its next hello
+            self.names.forfeit(session)  # its seat goes with its next hello
             self.send(session, replies.encode_error("nick_taken", f"{hello.nick} is taken"))
             return
         session.greeted = True
@@ -223,8 +218,8 @@ class Chat:
             self.epoch,
             max_text=self.max_text,
             max_rooms=self.max_rooms,
-            history=self.history,
-            max_bytes=self.max_bytes,
+            history=self.config.history,
+            max_bytes=self.config.max_message,
         )
         self.send(session, self.moderation.greeted(session, welcome))  # with its role
         # Ids from another server run mean nothing here: such a client gets
@@ -243,16 +238,6 @@ class Chat:
                 raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
             self.moderation.may_join(self, session, name)  # bans, owners
         self.registry.join(session, name, after, stale)
-
-    def _rename(self, session: Session, nick: str) -> None:
-        old = session.nick
-        if nick == old:
-            return
-        self._claim_nick(session, nick)
-        for room in session.rooms.values():
-            self.presence.rename(room, old, nick)
-            if self.relay is not None and self.relay.up:
-                self.relay.presence(room.name, "nick", nick, old)
 
     def _publish(self, session: Session, room: Room, text: str, cid: str | None) -> None:
         ts = self.clock()
@@ -296,36 +281,6 @@ class Chat:
                 self.hub.send(sender[0], frames.message(copy))
         if room.plain:
             self.hub.broadcast(frames.message(text), room.plain)
-
-    # -- membership -----------------------------------------------------------
-
-    def _claim_nick(self, session: Session, nick: str, then: Answer | None = None) -> None:
-        identity.check_nick(nick)  # no look-alike nicks
-        key = identity.nick_key(nick)  # NFKC + casefold
-        self.moderation.may_take(session, key)  # reserved nicks
-        holder = self.nicks.get(key)
-        if holder is not None and holder is not session:
-            if not self.moderation.outranks(session, holder):
-                raise m.ProtocolError("nick_taken", f"{nick} is taken")
-            # The nick's token holder takes it back from a guest using it.
-            self._rename(holder, self._guest_nick())
-        if session.key and session.key != key:
-            del self.nicks[session.key]
-            if self.relay is not None and self.relay.up:
-                self.relay.release(session.key)
-        self.nicks[key] = session
-        session.nick = nick
-        session.key = key
-        if self.relay is not None and self.relay.up:  # and on every node: the broker says
-            self.relay.claim(session, then or (lambda taken: self._taken(session, nick, taken)))
-        elif then is not None:
-            then(False)
-
-    def _taken(self, session: Session, nick: str, taken: bool) -> None:  # yields to another node
-        if taken and session.nick == nick:
-            self._rename(session, self._guest_nick())
-            if not session.plain:
-                self.send(session, replies.encode_error("nick_taken", f"{nick} is taken"))
 
     def refuse(self, session: Session, code: str, message: str, dropped: str) -> None:
         """Tell a v1 client that the message ``dropped`` was not handled (with its cid)."""
