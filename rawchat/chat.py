@@ -1,14 +1,17 @@
-"""The chat itself, free of I/O: what sessions say becomes frames for the hub.
+"""The chat itself, free of I/O: what sessions say, handled and answered.
 
 A :class:`~rawchat.rooms.Session` is one connected client, in plain mode (the
-tutorial's raw text) or speaking rawchat.v1 (JSON). Every outgoing message is
-encoded once per representation: one JSON text for the room's v1 members (plus
-one copy carrying the sender's ``cid`` for the sender), and the verbatim text for
-the room's plain members. Those frames are then fanned out unchanged.
+tutorial's raw text) or speaking rawchat.v1 (JSON). :class:`Chat` is where the
+connections hand over what their clients say; it checks it, and leaves the rest
+to the pieces it is made of, each readable on its own:
 
-The rooms themselves (made, kept idle for resumes, joins answered) are
-rawchat.registry's; who holds which nick is rawchat.nicks'. With a broker
-(rawchat.broker), setting `Chat.relay` links both to it too.
+- rawchat.registry: the rooms, idle rooms kept for resumes, joins answered;
+- rawchat.nicks: who holds which nick, guests, claims through the broker;
+- rawchat.delivery: a message encoded once and fanned out (the hot path);
+- rawchat.presence: who came and went, told once a tick;
+- rawchat.moderation: tokens, roles, mutes, bans, direct messages, typing.
+
+With a broker (rawchat.broker), setting `Chat.relay` links every piece to it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from rawchat import frames, replies
 from rawchat import messages as m
 from rawchat.archive import Shelf
 from rawchat.config import Config
+from rawchat.delivery import Delivery
 from rawchat.history import PAGE_BYTES
 from rawchat.hub import Hub, Outbox
 from rawchat.identity import GUEST
@@ -34,9 +38,6 @@ from rawchat.rooms import Closable, Relay, Room, Session
 
 #: Consecutive protocol errors after which a client is closed with TOO_MANY_ERRORS.
 MAX_ERRORS_IN_A_ROW = 10
-
-#: Who sent a message that went through the broker: its outbox, and its cid if any.
-Sender = tuple[Outbox, str | None]
 
 
 class Chat:
@@ -62,21 +63,16 @@ class Chat:
         self.presence = Presence(hub, call_later)
         self.registry = RoomRegistry(hub, Shelf(config, clock), self.presence)
         self.names = Nicks(hub, self.moderation, self.presence)
-        self.clock = clock
-        self._relay: Relay | None = None
-        #: Messages published through the relay and not seen back from it yet:
-        #: token -> their sender, to acknowledge them with their cid when they come back.
-        self.awaiting_echo: dict[int, Sender] = {}
-        self._tokens = itertools.count(1)
+        self.delivery = Delivery(hub, clock)
 
     @property
     def relay(self) -> Relay | None:
         """The broker, when there is one (it sets itself here)."""
-        return self._relay
+        return self.delivery.relay
 
     @relay.setter
     def relay(self, relay: Relay | None) -> None:
-        self._relay = self.registry.relay = self.names.relay = relay
+        self.registry.relay = self.names.relay = self.delivery.relay = relay
 
     @property
     def rooms(self) -> Mapping[str, Room]:
@@ -135,19 +131,13 @@ class Chat:
         room = session.rooms.get(m.DEFAULT_ROOM)
         if room is None:
             return
-        if isinstance(data, str):
-            if self.moderation.mutes.remaining(room.name, session.key):
-                # Plain mode has no errors: the refusal comes back as text.
-                self.hub.send(session.outbox, frames.message("(muted: not delivered)"))
-                return
-            if data.strip():
-                self._publish(session, room, data, cid=None)
-            else:
-                self.hub.broadcast(frames.message(data), room.plain)
-            return
-        self.hub.broadcast(frames.message(data), room.plain)
-        if self.relay is not None and self.relay.up:
-            self.relay.publish_binary(room.name, data)
+        if isinstance(data, str) and self.moderation.mutes.remaining(room.name, session.key):
+            # Plain mode has no errors: the refusal comes back as text.
+            self.hub.send(session.outbox, frames.message("(muted: not delivered)"))
+        elif isinstance(data, str) and data.strip():
+            self.delivery.publish(session, room, data, cid=None)
+        else:
+            self.delivery.publish_plain(room, data)
 
     def v1_message(self, session: Session, text: str) -> None:
         """Handle one JSON message from a v1 client; mistakes become ``error`` replies."""
@@ -172,7 +162,7 @@ class Chat:
             if room is None:
                 raise m.ProtocolError("not_in_room", f"you are not in {message.room}", message.cid)
             self.moderation.may_post(session, room.name, message.cid)
-            self._publish(session, room, message.text, message.cid)
+            self.delivery.publish(session, room, message.text, message.cid)
         elif isinstance(message, m.Join):
             self._join(session, message.room, None)
         elif isinstance(message, m.Leave):
@@ -238,49 +228,6 @@ class Chat:
                 raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
             self.moderation.may_join(self, session, name)  # bans, owners
         self.registry.join(session, name, after, stale)
-
-    def _publish(self, session: Session, room: Room, text: str, cid: str | None) -> None:
-        ts = self.clock()
-        relay = self.relay
-        if relay is not None and relay.up:
-            # The broker numbers the message and brings it back to every node,
-            # this one included, in one order: delivery happens then.
-            token = next(self._tokens)
-            self.awaiting_echo[token] = (session.outbox, cid)
-            relay.publish(room.name, ts, session.nick, text, token)
-            return
-        self.deliver(room, room.last_id + 1, ts, session.nick, text, (session.outbox, cid))
-
-    def echoed(self, token: int) -> Sender | None:
-        """The sender of a message published with ``token``, now back from the relay
-        (or delivered without it): it is no longer awaited, whatever becomes of it."""
-        return self.awaiting_echo.pop(token, None)
-
-    def deliver(
-        self,
-        room: Room,
-        id: int,
-        ts: float,
-        nick: str,
-        text: str,
-        sender: Sender | None = None,
-    ) -> None:
-        """Record message ``id`` in the room's history and fan it out to its members."""
-        if not room.v1:
-            # No JSON to send: the message is encoded if a v1 client joins for it.
-            room.history.append(id, ts, nick, text, None)
-        else:
-            encoded = replies.encode_msg(room.name, id, ts, nick, text)
-            room.history.append(id, ts, nick, text, encoded)
-            if sender is None or sender[1] is None:
-                self.hub.broadcast(frames.message(encoded), room.v1)
-            else:
-                # The sender's copy carries its cid: that is its acknowledgement.
-                self.hub.broadcast(frames.message(encoded), room.v1, skip=sender[0])
-                copy = replies.encode_msg(room.name, id, ts, nick, text, sender[1])
-                self.hub.send(sender[0], frames.message(copy))
-        if room.plain:
-            self.hub.broadcast(frames.message(text), room.plain)
 
     def refuse(self, session: Session, code: str, message: str, dropped: str) -> None:
         """Tell a v1 client that the message ``dropped`` was not handled (with its cid)."""

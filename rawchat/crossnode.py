@@ -158,7 +158,7 @@ class Arrivals:
             return
         # Whatever becomes of it, a message of ours is no longer awaited: an entry
         # left behind would pin its sender's outbox, transport and connection.
-        sender = chat.echoed(message["tok"]) if kind == "msg" and own else None
+        sender = chat.delivery.echoed(message["tok"]) if kind == "msg" and own else None
         room = chat.rooms.get(message["room"])
         if room is None:
             return  # no local member has ever been there: nothing to keep
@@ -168,7 +168,7 @@ class Arrivals:
                 return  # already delivered (a reload overlapped)
             if id > room.last_id + 1 and room.loaded:
                 log.info("room %s: ids jumped from %d to %d", room.name, room.last_id, id)
-            chat.deliver(room, id, message["ts"], message["nick"], message["text"], sender)
+            chat.delivery.deliver(room, id, message["ts"], message["nick"], message["text"], sender)
         elif own:
             return  # our own presence and binary frames were delivered locally already
         elif kind == "presence":
@@ -246,7 +246,7 @@ class Arrivals:
             chat.registry.loaded(room)
             for message in stored:
                 if message["id"] > room.last_id:
-                    chat.deliver(
+                    chat.delivery.deliver(
                         room, message["id"], message["ts"], message["nick"], message["text"]
                     )
             room.history.last_id = max(last_id, room.last_id)
