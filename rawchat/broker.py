@@ -195,7 +195,7 @@ class Broker(Outbound):
         """Without Redis, rooms that were loading carry on with what this node has."""
         for room in list(self.chat.rooms.values()):
             if not room.loaded:
-                self.chat.room_loaded(room)
+                self.chat.registry.loaded(room)
 
     async def _resync(self) -> None:
         """After (re)connecting: one epoch for all, counters past every id used, our
@@ -213,14 +213,14 @@ class Broker(Outbound):
         # unique across nodes (after GUEST_BLOCK guests a node would overlap the
         # next block; local uniqueness is still checked).
         end = await r.incrby(x.PREFIX + "guests", GUEST_BLOCK)
-        chat.guests = itertools.count(int(end) - GUEST_BLOCK + 1)
+        chat.names.guests = itertools.count(int(end) - GUEST_BLOCK + 1)
         await self._beat()
         # Up from here: whatever changes after the snapshot below is queued for the
         # writer (which starts after it), so nobody who comes meanwhile is missed.
         self.up = True
         # Every node keeps the lobby loaded from the start: plain clients get no
         # history, so they must find it ready to deliver from their first moment.
-        chat.room(m.DEFAULT_ROOM)
+        chat.registry.room(m.DEFAULT_ROOM)
         names = list(chat.rooms)
         async with r.pipeline(transaction=False) as pipe:
             for name in names:

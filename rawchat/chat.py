@@ -1,16 +1,17 @@
-"""The chat itself, free of I/O: what sessions say becomes frames for the hub.
+"""The chat itself, free of I/O: what sessions say, handled and answered.
 
 A :class:`~rawchat.rooms.Session` is one connected client, in plain mode (the
-tutorial's raw text) or speaking rawchat.v1 (JSON). Every outgoing message is
-encoded once per representation: one JSON text for the room's v1 members (plus
-one copy carrying the sender's ``cid`` for the sender), and the verbatim text for
-the room's plain members. Those frames are then fanned out unchanged.
+tutorial's raw text) or speaking rawchat.v1 (JSON). :class:`Chat` is where the
+connections hand over what their clients say; it checks it, and leaves the rest
+to the pieces it is made of, each readable on its own:
 
-Rooms outlive their members for a while, so that a client that drops and comes
-back can resume from history even if it was alone in the room: empty rooms are
-kept, oldest dropped first, up to ``MAX_IDLE_ROOMS``. A room made again after
-being forgotten numbers its messages after every id the server gave before, so
-an id never names two messages within an epoch.
+- rawchat.registry: the rooms, idle rooms kept for resumes, joins answered;
+- rawchat.nicks: who holds which nick, guests, claims through the broker;
+- rawchat.delivery: a message encoded once and fanned out (the hot path);
+- rawchat.presence: who came and went, told once a tick;
+- rawchat.moderation: tokens, roles, mutes, bans, direct messages, typing.
+
+With a broker (rawchat.broker), setting `Chat.relay` links every piece to it.
 """
 
 from __future__ import annotations
@@ -18,36 +19,30 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
-from rawchat import frames, identity, replies
+from rawchat import frames, replies
 from rawchat import messages as m
 from rawchat.archive import Shelf
 from rawchat.config import Config
+from rawchat.delivery import Delivery
 from rawchat.history import PAGE_BYTES
 from rawchat.hub import Hub, Outbox
 from rawchat.identity import GUEST
 from rawchat.moderation import Moderation
+from rawchat.nicks import Nicks
 from rawchat.presence import Presence, Schedule
+from rawchat.registry import RoomRegistry
 from rawchat.rooms import Closable, Relay, Room, Session
 
-#: Empty rooms (and their history) kept for clients that come back.
-MAX_IDLE_ROOMS = 1024
 #: Consecutive protocol errors after which a client is closed with TOO_MANY_ERRORS.
 MAX_ERRORS_IN_A_ROW = 10
-#: Nicks a ``joined`` reply lists; its "count" is the room's true size. A full list
-#: made joining quadratic: the n-th member got n nicks.
-MAX_MEMBERS_LISTED = 200
-
-#: Who sent a message that went through the broker: its outbox, and its cid if any.
-Sender = tuple[Outbox, str | None]
-#: What a nick claim is told once the broker answers: whether another node holds the nick.
-Answer = Callable[[bool], None]
 
 
 class Chat:
+    """Where sessions come, go and speak: checked here, handled by the chat's pieces."""
+
     def __init__(
         self,
         hub: Hub,
@@ -56,33 +51,37 @@ class Chat:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.hub = hub
-        self.history = config.history
-        #: Makes each room's history: memory, and the store behind it (rawchat.archive).
-        self.shelf = Shelf(config, clock)
+        self.config = config
         self.max_rooms = config.max_rooms
-        self.max_bytes = config.max_message
         self.max_text = m.max_text_for(config.max_message)
-        self.clock = clock
-        self.presence = Presence(hub, call_later)
-        #: Set at shutdown: members leave without presence (see `close`).
-        self.closing = False
         #: Names this server run; a client resuming with another epoch gets no resume.
         self.epoch = secrets.token_urlsafe(6)
-        self.rooms: dict[str, Room] = {}
-        self._idle: OrderedDict[str, None] = OrderedDict()
-        #: The newest id of any room forgotten: a room made again numbers after it.
-        self.forgotten_ids = 0
-        self.nicks: dict[str, Session] = {}
-        self.guests = itertools.count(1)
         self._sessions = itertools.count(1)
-        #: The broker, when there is one (set by it).
-        self.relay: Relay | None = None
-        #: Messages published through the relay and not seen back from it yet:
-        #: token -> their sender, to acknowledge them with their cid when they come back.
-        self.awaiting_echo: dict[int, Sender] = {}
-        self._tokens = itertools.count(1)
-        #: Tokens, reserved nicks, owners, mutes, bans, direct messages, typing.
+        #: Tokens, reserved nicks, owners, mutes, bans, direct messages, typing. The nick
+        #: registry asks it about reserved nicks too: replace it there as well.
         self.moderation = Moderation.from_config(config, clock)
+        self.presence = Presence(hub, call_later)
+        self.registry = RoomRegistry(hub, Shelf(config, clock), self.presence)
+        self.names = Nicks(hub, self.moderation, self.presence)
+        self.delivery = Delivery(hub, clock)
+
+    @property
+    def relay(self) -> Relay | None:
+        """The broker, when there is one (it sets itself here)."""
+        return self.delivery.relay
+
+    @relay.setter
+    def relay(self, relay: Relay | None) -> None:
+        self.registry.relay = self.names.relay = self.delivery.relay = relay
+
+    @property
+    def rooms(self) -> Mapping[str, Room]:
+        return self.registry.rooms
+
+    @property
+    def nicks(self) -> Mapping[str, Session]:
+        """Nick key -> the session holding it."""
+        return self.names.holders
 
     # -- sessions ---------------------------------------------------------
 
@@ -91,15 +90,9 @@ class Chat:
         session = Session(outbox, plain=True, connection=connection)
         if self.moderation.refuses_plain(session):  # its address is banned from the lobby
             return session
-        self._claim_nick(session, self._guest_nick())
-        self._enter(session, self.room(m.DEFAULT_ROOM))
+        self.names.claim(session, self.names.guest_nick())
+        self.registry.enter(session, self.registry.room(m.DEFAULT_ROOM))
         return session
-
-    def _guest_nick(self) -> str:
-        nick = f"guest-{next(self.guests)}"
-        while nick in self.nicks or self.moderation.reserved.is_reserved(nick):
-            nick = f"guest-{next(self.guests)}"
-        return nick
 
     def connect_v1(self, outbox: Outbox, connection: Closable) -> Session:
         """A rawchat.v1 client: nothing happens until its hello."""
@@ -113,17 +106,17 @@ class Chat:
         read it. With a broker, other nodes drop this node's members when its
         heartbeat expires.
         """
-        self.closing = True
+        self.registry.closing = True
         self.presence.stop()
 
     def disconnect(self, session: Session) -> None:
-        if session.key and self.nicks.get(session.key) is session:
-            del self.nicks[session.key]
-            if self.relay is not None and self.relay.up:  # before the leave: see docs/broker.md
-                self.relay.release(session.key)
+        self.names.release(session)  # before the leave: see docs/broker.md
         for room in list(session.rooms.values()):
-            self.exit_room(session, room)
+            self.registry.exit(session, room)
         self.hub.drop(session.outbox)
+
+    def exit_room(self, session: Session, room: Room) -> None:
+        self.registry.exit(session, room)
 
     # -- what clients say ---------------------------------------------------
 
@@ -138,19 +131,13 @@ class Chat:
         room = session.rooms.get(m.DEFAULT_ROOM)
         if room is None:
             return
-        if isinstance(data, str):
-            if self.moderation.mutes.remaining(room.name, session.key):
-                # Plain mode has no errors: the refusal comes back as text.
-                self.hub.send(session.outbox, frames.message("(muted: not delivered)"))
-                return
-            if data.strip():
-                self._publish(session, room, data, cid=None)
-            else:
-                self.hub.broadcast(frames.message(data), room.plain)
-            return
-        self.hub.broadcast(frames.message(data), room.plain)
-        if self.relay is not None and self.relay.up:
-            self.relay.publish_binary(room.name, data)
+        if isinstance(data, str) and self.moderation.mutes.remaining(room.name, session.key):
+            # Plain mode has no errors: the refusal comes back as text.
+            self.hub.send(session.outbox, frames.message("(muted: not delivered)"))
+        elif isinstance(data, str) and data.strip():
+            self.delivery.publish(session, room, data, cid=None)
+        else:
+            self.delivery.publish_plain(room, data)
 
     def v1_message(self, session: Session, text: str) -> None:
         """Handle one JSON message from a v1 client; mistakes become ``error`` replies."""
@@ -175,17 +162,17 @@ class Chat:
             if room is None:
                 raise m.ProtocolError("not_in_room", f"you are not in {message.room}", message.cid)
             self.moderation.may_post(session, room.name, message.cid)
-            self._publish(session, room, message.text, message.cid)
+            self.delivery.publish(session, room, message.text, message.cid)
         elif isinstance(message, m.Join):
             self._join(session, message.room, None)
         elif isinstance(message, m.Leave):
             room = session.rooms.get(message.room)
             if room is None:
                 raise m.ProtocolError("not_in_room", f"you are not in {message.room}")
-            self.exit_room(session, room)
+            self.registry.exit(session, room)
             self.send(session, replies.encode_left(room.name))
         elif isinstance(message, m.Nick):
-            self._rename(session, message.nick)
+            self.names.rename(session, message.nick)
         elif isinstance(message, m.HistoryRequest):
             room = session.rooms.get(message.room)
             if room is None:
@@ -202,17 +189,16 @@ class Chat:
             raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
         self.moderation.admit(session, hello)  # its token, if any
         try:  # with a broker, the welcome waits for its word: nicks are unique on every node
-            self._claim_nick(session, hello.nick, partial(self._welcome, session, hello))
+            self.names.claim(session, hello.nick, partial(self._welcome, session, hello))
         except m.ProtocolError:
             session.seat = GUEST
             raise
 
     def _welcome(self, session: Session, hello: m.Hello, taken: bool) -> None:
-        if self.nicks.get(session.key) is not session:
+        if not self.names.holds(session):
             return  # gone while the broker was asked
         if taken:
-            del self.nicks[session.key]
-            session.key = session.nick = ""  # its seat goes with its next hello
+            self.names.forfeit(session)  # its seat goes with its next hello
             self.send(session, replies.encode_error("nick_taken", f"{hello.nick} is taken"))
             return
         session.greeted = True
@@ -222,8 +208,8 @@ class Chat:
             self.epoch,
             max_text=self.max_text,
             max_rooms=self.max_rooms,
-            history=self.history,
-            max_bytes=self.max_bytes,
+            history=self.config.history,
+            max_bytes=self.config.max_message,
         )
         self.send(session, self.moderation.greeted(session, welcome))  # with its role
         # Ids from another server run mean nothing here: such a client gets
@@ -237,174 +223,11 @@ class Chat:
                 self.send(session, replies.encode_error(refused.code, refused.message))
 
     def _join(self, session: Session, name: str, after: int | None, *, stale: bool = False) -> None:
-        room = session.rooms.get(name)
-        if room is None:
+        if name not in session.rooms:
             if len(session.rooms) >= self.max_rooms:
                 raise m.ProtocolError("too_many_rooms", f"at most {self.max_rooms} rooms")
             self.moderation.may_join(self, session, name)  # bans, owners
-            room = self.room(name)
-            self._enter(session, room)
-        if room.loaded:
-            self._joined(session, room, after, stale)
-        else:
-            room.waiting.append((session, after, stale))
-
-    def _joined(self, session: Session, room: Room, after: int | None, stale: bool) -> None:
-        """Answer a join: the members, and the newest page of history or what was missed.
-
-        A resume whose missed messages fit one page gets exactly those; otherwise
-        the newest page, with "more" for the client to page back through. It is
-        truncated when messages after its id are gone (or the id is another run's).
-        """
-        if stale:
-            page, more = room.history.page(None, m.HISTORY_LIMIT, PAGE_BYTES)
-            truncated = True
-        else:
-            page, more, truncated = room.history.since(after, m.HISTORY_LIMIT, PAGE_BYTES)
-        self.send(
-            session,
-            replies.encode_joined(
-                room.name,
-                room.nicks(MAX_MEMBERS_LISTED),
-                page,
-                room.last_id,
-                truncated,
-                more=more,
-                count=room.count(),
-            ),
-        )
-
-    def room_loaded(self, room: Room) -> None:
-        """The broker filled in a room's history and remote members: answer waiting joins."""
-        room.loaded = True
-        waiting, room.waiting = room.waiting, []
-        for session, after, stale in waiting:
-            if session.rooms.get(room.name) is room:
-                self._joined(session, room, after, stale)
-
-    def _rename(self, session: Session, nick: str) -> None:
-        old = session.nick
-        if nick == old:
-            return
-        self._claim_nick(session, nick)
-        for room in session.rooms.values():
-            self.presence.rename(room, old, nick)
-            if self.relay is not None and self.relay.up:
-                self.relay.presence(room.name, "nick", nick, old)
-
-    def _publish(self, session: Session, room: Room, text: str, cid: str | None) -> None:
-        ts = self.clock()
-        relay = self.relay
-        if relay is not None and relay.up:
-            # The broker numbers the message and brings it back to every node,
-            # this one included, in one order: delivery happens then.
-            token = next(self._tokens)
-            self.awaiting_echo[token] = (session.outbox, cid)
-            relay.publish(room.name, ts, session.nick, text, token)
-            return
-        self.deliver(room, room.last_id + 1, ts, session.nick, text, (session.outbox, cid))
-
-    def echoed(self, token: int) -> Sender | None:
-        """The sender of a message published with ``token``, now back from the relay
-        (or delivered without it): it is no longer awaited, whatever becomes of it."""
-        return self.awaiting_echo.pop(token, None)
-
-    def deliver(
-        self,
-        room: Room,
-        id: int,
-        ts: float,
-        nick: str,
-        text: str,
-        sender: Sender | None = None,
-    ) -> None:
-        """Record message ``id`` in the room's history and fan it out to its members."""
-        if not room.v1:
-            # No JSON to send: the message is encoded if a v1 client joins for it.
-            room.history.append(id, ts, nick, text, None)
-        else:
-            encoded = replies.encode_msg(room.name, id, ts, nick, text)
-            room.history.append(id, ts, nick, text, encoded)
-            if sender is None or sender[1] is None:
-                self.hub.broadcast(frames.message(encoded), room.v1)
-            else:
-                # The sender's copy carries its cid: that is its acknowledgement.
-                self.hub.broadcast(frames.message(encoded), room.v1, skip=sender[0])
-                copy = replies.encode_msg(room.name, id, ts, nick, text, sender[1])
-                self.hub.send(sender[0], frames.message(copy))
-        if room.plain:
-            self.hub.broadcast(frames.message(text), room.plain)
-
-    # -- membership -----------------------------------------------------------
-
-    def _claim_nick(self, session: Session, nick: str, then: Answer | None = None) -> None:
-        identity.check_nick(nick)  # no look-alike nicks
-        key = identity.nick_key(nick)  # NFKC + casefold
-        self.moderation.may_take(session, key)  # reserved nicks
-        holder = self.nicks.get(key)
-        if holder is not None and holder is not session:
-            if not self.moderation.outranks(session, holder):
-                raise m.ProtocolError("nick_taken", f"{nick} is taken")
-            # The nick's token holder takes it back from a guest using it.
-            self._rename(holder, self._guest_nick())
-        if session.key and session.key != key:
-            del self.nicks[session.key]
-            if self.relay is not None and self.relay.up:
-                self.relay.release(session.key)
-        self.nicks[key] = session
-        session.nick = nick
-        session.key = key
-        if self.relay is not None and self.relay.up:  # and on every node: the broker says
-            self.relay.claim(session, then or (lambda taken: self._taken(session, nick, taken)))
-        elif then is not None:
-            then(False)
-
-    def _taken(self, session: Session, nick: str, taken: bool) -> None:  # yields to another node
-        if taken and session.nick == nick:
-            self._rename(session, self._guest_nick())
-            if not session.plain:
-                self.send(session, replies.encode_error("nick_taken", f"{nick} is taken"))
-
-    def room(self, name: str) -> Room:
-        """The room called ``name``, made (and, with a broker, loaded) if need be."""
-        room = self.rooms.get(name)
-        if room is None:
-            room = self.rooms[name] = Room(name, self.shelf.make(name, self.forgotten_ids))
-            if self.relay is not None and self.relay.up:
-                room.loaded = False
-                self.relay.load(room)
-        else:
-            self._idle.pop(name, None)
-        return room
-
-    def _enter(self, session: Session, room: Room) -> None:
-        self.presence.join(room, session.nick)
-        room.members[session] = None
-        (room.plain if session.plain else room.v1).add(session.outbox)
-        session.rooms[room.name] = room
-        if self.relay is not None and self.relay.up:
-            self.relay.presence(room.name, "join", session.nick, None)
-
-    def exit_room(self, session: Session, room: Room) -> None:
-        del session.rooms[room.name]
-        room.members.pop(session, None)
-        (room.plain if session.plain else room.v1).discard(session.outbox)
-        if self.closing:
-            return  # see close: nobody is told, and no room is worth keeping now
-        self.presence.leave(room, session.nick)
-        if self.relay is not None and self.relay.up:
-            self.relay.presence(room.name, "leave", session.nick, None)
-        if not room.members and room.name != m.DEFAULT_ROOM:
-            self._idle[room.name] = None
-            while len(self._idle) > MAX_IDLE_ROOMS:
-                name, _ = self._idle.popitem(last=False)
-                self.forget(self.rooms[name])
-
-    def forget(self, room: Room) -> None:
-        """Drop a room and its history; ids go on from its last one if it is made again."""
-        del self.rooms[room.name]
-        self.forgotten_ids = max(self.forgotten_ids, room.last_id)
-        room.history.clear()
+        self.registry.join(session, name, after, stale)
 
     def refuse(self, session: Session, code: str, message: str, dropped: str) -> None:
         """Tell a v1 client that the message ``dropped`` was not handled (with its cid)."""

@@ -158,7 +158,7 @@ class Arrivals:
             return
         # Whatever becomes of it, a message of ours is no longer awaited: an entry
         # left behind would pin its sender's outbox, transport and connection.
-        sender = chat.echoed(message["tok"]) if kind == "msg" and own else None
+        sender = chat.delivery.echoed(message["tok"]) if kind == "msg" and own else None
         room = chat.rooms.get(message["room"])
         if room is None:
             return  # no local member has ever been there: nothing to keep
@@ -168,7 +168,7 @@ class Arrivals:
                 return  # already delivered (a reload overlapped)
             if id > room.last_id + 1 and room.loaded:
                 log.info("room %s: ids jumped from %d to %d", room.name, room.last_id, id)
-            chat.deliver(room, id, message["ts"], message["nick"], message["text"], sender)
+            chat.delivery.deliver(room, id, message["ts"], message["nick"], message["text"], sender)
         elif own:
             return  # our own presence and binary frames were delivered locally already
         elif kind == "presence":
@@ -239,14 +239,14 @@ class Arrivals:
                 encoded = replies.encode_msg(name, id, ts, nick, text)
                 room.history.append(id, ts, nick, text, encoded)
             room.history.last_id = max(last_id, stored[-1]["id"] if stored else 0)
-            chat.room_loaded(room)
+            chat.registry.loaded(room)
         else:
             # A reload (after an outage, or a gap): members are here and must
             # get what they missed live, after any waiting join is answered.
-            chat.room_loaded(room)
+            chat.registry.loaded(room)
             for message in stored:
                 if message["id"] > room.last_id:
-                    chat.deliver(
+                    chat.delivery.deliver(
                         room, message["id"], message["ts"], message["nick"], message["text"]
                     )
             room.history.last_id = max(last_id, room.last_id)

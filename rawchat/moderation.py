@@ -1,9 +1,10 @@
 """Running a public room: roles, room owners, kicks, mutes, bans and deletions. No I/O.
 
 The chat (rawchat/chat.py) calls in at a few places: when a hello arrives (`admit`), when a
-nick is claimed (`may_take`), when a session joins (`may_join`) or posts (`may_post`), and
-for every moderation message (`handle`). Everything this module decides is kept here, keyed
-by nick key and room name, so that the chat's own structures stay as they were.
+nick is claimed (`may_take`, from rawchat/nicks.py), when a session joins (`may_join`) or
+posts (`may_post`), and for every moderation message (`handle`). Everything this module
+decides is kept here, keyed by nick key and room name, so that the chat's own structures
+stay as they were.
 
 Who may moderate: operators (a token with ``"role": "operator"``) everywhere; a room's
 owners in that room. A room gets its first owner when a token holder creates it (joins it

@@ -204,7 +204,7 @@ class Outbound:
                 self._loading.pop(name, None)
                 # A founder owns the room here, as on a single node (if the room is still here).
                 self.chat.moderation.owners.founded(name, self.chat.rooms.get(name) is room)
-                self.chat.room_loaded(room)  # carry on with what this node has
+                self.chat.registry.loaded(room)  # carry on with what this node has
 
     def _queue(self, item: Outgoing) -> None:
         if self.up and len(self._outgoing) >= self.max_outgoing:
@@ -255,10 +255,10 @@ class Outbound:
             item.then(None)  # a claim holds here; a direct message reached nobody
         if item.kind != "msg":
             return  # presence is registered again, and other nodes drop ours, on resync
-        sender = chat.echoed(item.token)
+        sender = chat.delivery.echoed(item.token)
         room = chat.rooms.get(item.room)
         if room is not None:
-            chat.deliver(room, room.last_id + 1, item.ts, item.nick, item.text, sender)
+            chat.delivery.deliver(room, room.last_id + 1, item.ts, item.nick, item.text, sender)
 
     async def _command(self, pipe: Any, item: Outgoing) -> int:
         """Queue ``item``'s commands on ``pipe``; how many."""

@@ -113,9 +113,11 @@ class Venue(Protocol):
     """What moderation and direct messages ask of the chat (rawchat.chat.Chat)."""
 
     hub: Hub
-    #: Nick key -> the session holding it.
-    nicks: dict[str, Session]
     relay: Relay | None
+
+    @property
+    def nicks(self) -> Mapping[str, Session]:
+        """Nick key -> the session holding it."""
 
     @property
     def rooms(self) -> Mapping[str, Room]: ...

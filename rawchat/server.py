@@ -93,7 +93,7 @@ class Server:
         # Before any room is made: rooms fill their window from it, ids go past its own.
         archive = state.archive = Archive.open(self.config)
         if archive is not None:
-            state.chat.shelf.archive = archive
+            state.chat.registry.shelf.archive = archive
             state.chat.epoch = archive.epoch
             state.chat.moderation.reserved = StoredReservations(archive.store)
         if self.config.broker is not None:

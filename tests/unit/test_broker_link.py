@@ -36,24 +36,24 @@ def test_a_full_outgoing_queue_drops_the_link_and_delivers_here_in_order() -> No
     acks = [m for m in ann.read() if m["type"] == "msg"]
     assert [m.get("cid") for m in acks] == [f"c{i}" for i in range(10)]
     assert not broker.up and broker.outages == 1
-    assert len(broker._outgoing) == 0 and state.chat.awaiting_echo == {}
+    assert len(broker._outgoing) == 0 and state.chat.delivery.awaiting_echo == {}
 
 
 def test_the_echo_of_a_message_is_forgotten_even_when_it_is_not_delivered() -> None:
     state, (ann,), broker = linked("ann")
     ann.say(type="msg", room="lobby", text="hi", cid="c1")
-    (token,) = state.chat.awaiting_echo
+    (token,) = state.chat.delivery.awaiting_echo
     # It comes back with an id the room already has (a reload overlapped it).
     state.chat.rooms["lobby"].history.last_id = 5
     fields = {"k": "msg", "room": "lobby", "id": 5, "ts": 1.0, "nick": "ann", "text": "hi"}
     broker._received(json.dumps({**fields, "node": broker.node, "tok": token}))
-    assert state.chat.awaiting_echo == {}
+    assert state.chat.delivery.awaiting_echo == {}
     # And for a room this node no longer has.
     ann.say(type="msg", room="lobby", text="again", cid="c2")
-    (token,) = state.chat.awaiting_echo
+    (token,) = state.chat.delivery.awaiting_echo
     fields.update(room="gone", id=6)
     broker._received(json.dumps({**fields, "node": broker.node, "tok": token}))
-    assert state.chat.awaiting_echo == {}
+    assert state.chat.delivery.awaiting_echo == {}
 
 
 def test_malformed_payloads_cost_a_log_line_and_nothing_else() -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 from wsproto.events import CloseConnection, TextMessage
 
-from rawchat import chat
 from rawchat import messages as m
+from rawchat import registry
 from rawchat.presence import TICK
 from tests.unit.fakes import Client, FakeLoop, make_state
 
@@ -237,7 +237,7 @@ def test_a_v1_client_that_never_says_hello_is_closed() -> None:
 
 def test_ids_keep_growing_after_an_idle_room_is_forgotten(monkeypatch: Any) -> None:
     """A forgotten room made again must not hand out ids its readers already saw."""
-    monkeypatch.setattr(chat, "MAX_IDLE_ROOMS", 1)
+    monkeypatch.setattr(registry, "MAX_IDLE_ROOMS", 1)
     state, loop = make_state()
     ann = hello(state, loop, "ann")
     ann.say(type="join", room="old")

@@ -27,7 +27,9 @@ class World:
         self.now = 1_000_000.0
         self.tokens = Tokens(SECRET, clock=self.clock)
         self.moderation = Moderation(tokens=self.tokens, clock=self.clock, **options)
-        self.state.chat.moderation = self.moderation
+        # The nick registry asks moderation about reserved nicks: it must see this one too.
+        chat = self.state.chat
+        chat.moderation = chat.names.moderation = self.moderation
 
     def clock(self) -> float:
         return self.now
