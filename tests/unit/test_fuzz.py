@@ -716,6 +716,9 @@ def frame_streams(draw: st.DrawFn, v1: bool) -> Stream:
             parts.append(draw(odd_frame(stream)))
         elif kind == 9:
             parts.append(draw(st.binary(min_size=1, max_size=40)))
+            # Bytes at a frame boundary may make a valid close frame (b"\x88\x80" and a
+            # mask is one): its echo may carry any code a close may carry, or none.
+            stream.close_codes.update({None, *WIRE_CLOSE_CODES})
         else:
             # A flood: past the rate limit's burst, and perhaps past its patience.
             parts.append(frame(0x1, b"flood") * draw(st.integers(10, 50)))
