@@ -225,7 +225,7 @@ class Backpressure:
             self._was_overloaded = load.overloaded
             self._log_change()
         self._ticks += 1
-        if load.overloaded and self._ticks % load.turn_ticks:
+        if load.overloaded and self._ticks % load.turn_ticks and not load.spare():
             return
         # Calm again, this pass releases everyone: with no share to count, a
         # turn handles all that waits and reading resumes.

@@ -19,30 +19,30 @@ it can do.
 Past ``enter_lag``, or busy past ``enter_busy``, or with most readers behind,
 at two ticks in a row, or past four times ``enter_lag`` once, the loop is
 *overloaded* (one tick a little late may be a collection, or another process
-on the core):
-publishers take turns (see
-rawchat.flow and rawchat.inbound): each may have ``share`` messages handled
-per read or per turn, then its reading pauses and it waits behind the others.
-A flooding connection then gets a turn like any other publisher, and the
-honest ones, who rarely send more than one message per read, are not held at
-all. While overloaded, turns are given every ``turn_ticks`` ticks (a tenth of
-a second), so a publisher that has had to wait has at most ``share`` messages
+on the core): publishers take turns (see rawchat.flow and rawchat.inbound).
+Each may have ``share`` messages handled per read or per turn, then its
+reading pauses and it waits behind the others. A flooding connection then gets
+a turn like any other publisher, and the honest ones, who rarely send more
+than one message per read, are not held at all.
+
+While overloaded, turns are given every ``turn_ticks`` ticks (a tenth of a
+second), so a publisher that has had to wait has at most ``share`` messages
 handled per turn: a flood becomes a trickle, and so does the fan-out it
-caused. Few turns of several messages rather than many of one: each turn
-costs a flush to every recipient (and a read to each of them), whatever it
-carries.
+caused. A tick that finds the loop on time with time to spare (``spare``)
+gives a turn at once: the trickle is what the loop cannot spare, not a rate.
+Few turns of several messages rather than many of one: each turn costs a
+flush to every recipient (and a read to each of them), whatever it carries.
 
 Only once ``calm_needed`` ticks have measured under ``leave_lag`` since the
 last late one, with no publisher waiting for its turn (``waiting``) and most
-readers keeping up, does
-everyone read freely again; ticks in between count for neither. A publisher
-that still waits is still sending past its share: the loop keeps up *because*
-it takes turns, and releasing it would only bring the lag back. When the lag
-had another cause, whether it is over cannot be known without trying:
-leaving is that try. If the overload comes back at
-once (a *relapse*), the next calm period must be twice as long (up to
-``MAX_CALM``), so that a flood that never stops costs a short burst of lag
-ever more rarely; a calm period that outlasts its length resets it.
+readers keeping up, does everyone read freely again; ticks in between count
+for neither. A publisher that still waits is still sending past its share: the
+loop keeps up *because* it takes turns, and releasing it would only bring the
+lag back. When the lag had another cause, whether it is over cannot be known
+without trying: leaving is that try. If the overload comes back at once (a
+*relapse*), the next calm period must be twice as long (up to ``MAX_CALM``),
+so that a flood that never stops costs a short burst of lag ever more rarely;
+a calm period that outlasts its length resets it.
 
 Free of I/O: it is given a clock and ``call_later``; the hot path only reads
 ``overloaded``.
@@ -67,6 +67,9 @@ LATE_TICKS = 2
 #: few messages at a time kept the ticks under ENTER_LAG for 1.5 s while the
 #: loop worked 75-100% of the time and the readers fell 0.7 s behind.
 ENTER_BUSY = 0.75
+#: While overloaded, a tick that found the loop working less than this share
+#: of the time has room for another turn at once (see spare).
+SPARE_BUSY = 0.5
 #: CALM_TICKS ticks under this lag (half a second's) with none late between
 #: them, and it is calm again. Above the millisecond an idle loop's timer may
 #: be late by.
@@ -200,6 +203,18 @@ class OverloadMonitor:
         if timer is not None:
             timer.cancel()
         self.overloaded = False
+
+    def spare(self) -> bool:
+        """Whether the latest tick left the loop room for more turns than its cadence.
+
+        Turns come at least every ``turn_ticks`` ticks; a loop that worked less
+        than SPARE_BUSY of the latest tick, and is on time, gives one at every
+        tick: what is spare goes to those who wait, and a publisher's share
+        of it is not a fixed rate. Without a work clock it cannot know.
+        """
+        return (
+            self.work_clock is not None and self.busy < SPARE_BUSY and self.lag < self.enter_lag
+        )
 
     def _schedule(self) -> None:
         self._due = self.clock() + self.interval
