@@ -62,6 +62,12 @@ async def settle(rig: Rig, timeout: float = 10.0, stall: float = 2.0) -> None:
             return
 
 
+def _abusers_cpu_pct(found: dict[str, Any]) -> float | None:
+    """The abusers' process's CPU over its run, in % of one core."""
+    cpu, wall = found.get("cpu_seconds"), found.get("wall_seconds")
+    return round(100 * cpu / wall, 1) if cpu is not None and wall else None
+
+
 def _ratio(a: tuple[int, int], b: tuple[int, int]) -> float | None:
     expected, got = b[0] - a[0], b[1] - a[1]
     return round(got / expected, 4) if expected else None
@@ -142,7 +148,12 @@ async def abuse(server: ServerProcess, load: Load) -> Result:
         "abused_server_cpu_pct": loud["server_cpu_pct"],
         "tool_cpu_pct": max(quiet["tool_cpu_pct"], loud["tool_cpu_pct"]),
         "flood_frames_at_sampled": order["unexpected_frames"],
-        "other_cpu_pct": max(quiet["other_cpu_pct"], loud["other_cpu_pct"]),
+        "abusers_cpu_pct": _abusers_cpu_pct(found),
+        # The abusers' own process is not the machine's other work.
+        "other_cpu_pct": max(
+            quiet["other_cpu_pct"],
+            round(max(0.0, loud["other_cpu_pct"] - (_abusers_cpu_pct(found) or 0.0)), 1),
+        ),
     }
     notes = target_notes(m)
     if m["other_cpu_pct"] >= 20:

@@ -289,6 +289,8 @@ def test_abuse_reports_honest_delivery_and_what_the_abusers_got() -> None:
     assert m["flood_sent_per_s"] > 0 and m["flood_connections"] >= 1
     assert m["churn_attempts_per_s"] > 0
     assert m["abused_server_rss_peak_mb"] > 0
+    # The abusers' own CPU is reported apart from the machine's other work.
+    assert m["abusers_cpu_pct"] is not None and m["abusers_cpu_pct"] > 0
 
 
 def test_slow_room_times_the_readers_and_the_slow_clients_close() -> None:
