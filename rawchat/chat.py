@@ -229,9 +229,5 @@ class Chat:
             self.moderation.may_join(self, session, name)  # bans, owners
         self.registry.join(session, name, after, stale)
 
-    def refuse(self, session: Session, code: str, message: str, dropped: str) -> None:
-        """Tell a v1 client that the message ``dropped`` was not handled (with its cid)."""
-        self.send(session, replies.encode_error(code, message, m.cid_of(dropped)))
-
     def send(self, session: Session, text: str) -> None:
         self.hub.send(session.outbox, frames.message(text))

@@ -286,16 +286,6 @@ def _parse_msg(data: dict[str, Any], max_text: int) -> Msg:
     return Msg(room=room, text=text, cid=cid)
 
 
-def cid_of(text: str) -> str | None:
-    """The ``cid`` of a message that will not be handled, to answer it by, if it has one."""
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    cid = value.get("cid") if isinstance(value, dict) else None
-    return cid if isinstance(cid, str) and len(cid) <= MAX_CID else None
-
-
 # -- public rooms: moderation, direct messages, typing (docs/protocol.md) ----------------
 
 #: Longest kick/ban reason, in code points.
