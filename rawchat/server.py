@@ -15,10 +15,11 @@ from wsproto.frame_protocol import CloseReason
 from rawchat import http, metrics
 from rawchat.archive import Archive, StoredReservations
 from rawchat.config import Config
-from rawchat.connection import Connection, Shared
-from rawchat.http_phase import Phase
+from rawchat.connection import Connection
+from rawchat.http_phase import Phase, Route
 from rawchat.keepalive import Keepalive
-from rawchat.metrics import Exposition, Sources
+from rawchat.metrics import Counters, Exposition, Sources
+from rawchat.shared import Shared
 from rawchat.sockets import cap_segments
 
 if TYPE_CHECKING:
@@ -27,11 +28,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("rawchat")
 
 
-class ServerState(Shared):
+class ServerState(Shared[Connection]):
     """What the connections share, wired to the routes that report on them."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(config, loop)
+        #: Paths answered by a handler (filled below, once there is something to report).
+        self.routes: dict[str, Route] = {}
+        super().__init__(config, loop, routes=self.routes, counters=Counters())
         self.broker: Broker | None = None
         #: The history on disk, unless --data none or --broker (set by Server.start).
         self.archive: Archive | None = None
@@ -60,7 +63,7 @@ class ServerState(Shared):
         return modes
 
 
-def keepalive(state: Shared) -> Keepalive:
+def keepalive(state: Shared[Connection]) -> Keepalive:
     """The keepalive of ``state``'s WebSockets, as its config sets it."""
     config = state.config
     return Keepalive(

@@ -18,13 +18,12 @@ MAX_CLASS_LINES = 250
 #: entry is a debt to pay by splitting the module; the test fails if it grows.
 KNOWN_LARGE: dict[str, int] = {
     "chat.py": 426,
-    # The asyncio adapter still feeds the WebSocket phase (the slices, the
-    # events up to a hold), carries out its actions and holds Shared.
-    "connection.py": 492,
 }
 KNOWN_LARGE_CLASSES: dict[str, int] = {
     "chat.py:Chat": 372,
-    "connection.py:Connection": 383,
+    # The asyncio adapter, for both phases: it still carries out the WebSocket
+    # phase's actions and takes flow control's turns itself.
+    "connection.py:Connection": 299,
 }
 
 
