@@ -11,13 +11,13 @@ in its buffer: rawchat stops pulling events), and bytes read but not yet given
 to wsproto (the backlog). A turn hands them back, parked frames first, until a
 hold comes again or none is left; only then does reading resume.
 
-``HeldInput`` keeps that state and makes those decisions without I/O: the
-asyncio adapter (rawchat.connection), its :class:`Feeder`, carries out what the
-phase asks for as it comes (a hold among it), pauses and resumes reading and
-closes the transport as ``end_turn`` answers. Its state is one of ``Hold``; a
-client that half-closes while held is kept open until what it sent before its
-EOF is handled (``half_closed``), which ``end_turn`` then answers with
-``AfterTurn.CLOSE``.
+``HeldInput`` keeps that state and makes those decisions without I/O: its
+:class:`Feeder`, the connection's WebSocket driver (rawchat.websocket_driver),
+carries out what the phase asks for as it comes (a hold among it), pauses and
+resumes reading and closes the transport as ``end_turn`` answers. Its state is
+one of ``Hold``; a client that half-closes while held is kept open until what
+it sent before its EOF is handled (``half_closed``), which ``end_turn`` then
+answers with ``AfterTurn.CLOSE``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ FRAME_HEAD = 14
 
 
 class Feeder(Protocol):
-    """The connection whose input this is (rawchat.connection.Connection)."""
+    """Who carries out what the phase asks for (rawchat.websocket_driver.WebSocketDriver)."""
 
     phase: Phase
 

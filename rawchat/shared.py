@@ -29,7 +29,7 @@ from rawchat.hub import Hub, Outbox
 from rawchat.inbound import Inbound
 from rawchat.limits import Occupancy, PerAddress
 from rawchat.metrics import Counters
-from rawchat.rooms import Closable, Session
+from rawchat.rooms import Closable
 from rawchat.websocket_phase import WebSocketPhase
 
 log = logging.getLogger("rawchat.connection")
@@ -38,6 +38,10 @@ log = logging.getLogger("rawchat.connection")
 READ_SIZE = 16 * 1024
 
 C = TypeVar("C", bound=Closable)
+
+
+def _nothing_to_evict() -> None:
+    """An outbox's eviction callback once its connection has closed."""
 
 
 class WebSocketShared(Generic[C]):
@@ -78,17 +82,26 @@ class WebSocketShared(Generic[C]):
     def opened(self, conn: C, *, v1: bool) -> WebSocketPhase:
         """``conn`` upgraded: it is counted and open, and this is its WebSocket phase.
 
-        Its session (``session``) comes once the connection holds the phase:
+        Its session (``join``) comes once the connection holds the phase:
         the chat may close it at once (an address banned from the lobby).
         """
         self.counters.handshakes += 1
         self.open.add(conn)
         return self.phase(v1=v1)
 
-    def session(self, outbox: Outbox, conn: C, *, v1: bool) -> Session:
-        """``conn``'s side of the chat: a plain client enters the lobby at once."""
-        connect = self.chat.connect_v1 if v1 else self.chat.connect_plain
-        return connect(outbox, conn)
+    def join(
+        self, conn: C, outbox: Outbox, websocket: WebSocketPhase, subprotocol: str | None
+    ) -> None:
+        """``conn``'s session in the chat: a plain client enters the lobby at once."""
+        connect = self.chat.connect_plain if subprotocol is None else self.chat.connect_v1
+        websocket.session = connect(outbox, conn)
+        mode = subprotocol or "plain"
+        log.info(
+            "%s: websocket open (%s)",
+            conn.address,
+            mode,
+            extra={"event": "open", "client": conn.address, "protocol": mode},
+        )
 
     def leave(
         self, conn: C, outbox: Outbox | None, websocket: WebSocketPhase, *, flush: bool
@@ -110,7 +123,7 @@ class WebSocketShared(Generic[C]):
         self.open.discard(conn)
         return queued
 
-    def closed(self, websocket: WebSocketPhase, address: str) -> None:
+    def closed(self, websocket: WebSocketPhase, outbox: Outbox | None, address: str) -> None:
         """The transport under ``websocket`` is gone: count and log the code it ended with."""
         code = websocket.connection_lost()
         self.counters.close_codes[code] += 1
@@ -120,6 +133,12 @@ class WebSocketShared(Generic[C]):
             code,
             extra={"event": "close", "client": address, "code": code},
         )
+        if outbox is not None:
+            # Nothing may point back at a connection once it is gone, so that
+            # it is freed when the last reference goes rather than by the
+            # garbage collector: under churn, closed connections waited for a
+            # full collection by the thousand (several MiB of them).
+            outbox.on_evict = _nothing_to_evict
 
 
 class Shared(Generic[C]):

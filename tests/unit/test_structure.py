@@ -21,9 +21,11 @@ KNOWN_LARGE: dict[str, int] = {
 }
 KNOWN_LARGE_CLASSES: dict[str, int] = {
     "chat.py:Chat": 372,
-    # The asyncio adapter, for both phases: it still carries out the WebSocket
-    # phase's actions and takes flow control's turns itself.
-    "connection.py:Connection": 299,
+}
+#: Classes held below the limit: the asyncio adapter stays thin (what it does
+#: beyond asyncio's callbacks belongs to the phases, their driver, or Shared).
+THIN_CLASSES: dict[str, int] = {
+    "connection.py:Connection": 200,
 }
 
 
@@ -48,7 +50,8 @@ def test_no_class_is_over_250_lines() -> None:
                 assert node.end_lineno is not None
                 size = node.end_lineno - node.lineno + 1
                 key = f"{name}:{node.name}"
-                if size > KNOWN_LARGE_CLASSES.get(key, MAX_CLASS_LINES):
+                limit = THIN_CLASSES.get(key) or KNOWN_LARGE_CLASSES.get(key, MAX_CLASS_LINES)
+                if size > limit:
                     over[key] = size
     assert not over, f"classes over their limit: {over}"
 
