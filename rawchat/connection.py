@@ -141,7 +141,9 @@ class Connection(asyncio.BufferedProtocol):
         self.cancel_timer()
         if self.driver is not None:
             self.driver.lost(self.address)
-        self.http = None  # it points back here
+        # Both point back here: kept, they would leave this connection for
+        # the garbage collector to free (see WebSocketShared.closed).
+        self.driver = self.http = None
         if self.slot is not None:
             self.slot.release()
         self.shared.forget(self)
