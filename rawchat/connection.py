@@ -171,7 +171,7 @@ class Connection(asyncio.BufferedProtocol):
         shared, config = self.shared.ws, self.shared.config
         transport.set_write_buffer_limits(high=config.pressure_mark)
         sockets.bound_send_buffer(transport, config.max_buffer)
-        outbox = Outbox(transport, self._evicted)
+        outbox = Outbox(transport, self)
         websocket = shared.opened(self, v1=decision.subprotocol is not None)
         self.driver = driver = WebSocketDriver(self, shared, websocket, outbox)
         shared.join(self, outbox, websocket, decision.subprotocol)
@@ -198,7 +198,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.driver is not None and self.phase is Phase.WEBSOCKET:
             self.driver.close(code, reason)
 
-    def _evicted(self) -> None:
+    def evicted(self) -> None:
         """Called by the hub: this client cannot keep up (what it was owed is dropped)."""
         log.debug("%s: evicted, too slow", self.peer)
         self.close(CloseReason.POLICY_VIOLATION, "too slow")

@@ -40,8 +40,16 @@ READ_SIZE = 16 * 1024
 C = TypeVar("C", bound=Closable)
 
 
-def _nothing_to_evict() -> None:
-    """An outbox's eviction callback once its connection has closed."""
+class _Gone:
+    """An outbox's owner once its connection has closed: an eviction does nothing more."""
+
+    __slots__ = ()
+
+    def evicted(self) -> None:
+        pass
+
+
+_GONE = _Gone()
 
 
 class WebSocketShared(Generic[C]):
@@ -138,7 +146,7 @@ class WebSocketShared(Generic[C]):
             # it is freed when the last reference goes rather than by the
             # garbage collector: under churn, closed connections waited for a
             # full collection by the thousand (several MiB of them).
-            outbox.on_evict = _nothing_to_evict
+            outbox.owner = _GONE
 
 
 class Shared(Generic[C]):
