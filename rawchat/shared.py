@@ -26,7 +26,7 @@ from rawchat.config import Config
 from rawchat.flow import Backpressure
 from rawchat.http_phase import HttpShared, Route
 from rawchat.hub import Hub, Outbox
-from rawchat.inbound import Inbound
+from rawchat.inbound import Inbound, Intake
 from rawchat.limits import Occupancy, PerAddress
 from rawchat.metrics import Counters
 from rawchat.rooms import Closable
@@ -55,7 +55,7 @@ _GONE = _Gone()
 class WebSocketShared(Generic[C]):
     """What the WebSocket phases of one server share: who is open, and what they join."""
 
-    __slots__ = ("config", "hub", "flow", "chat", "counters", "clock", "open")
+    __slots__ = ("config", "hub", "flow", "chat", "counters", "intake", "open")
 
     def __init__(
         self,
@@ -71,17 +71,16 @@ class WebSocketShared(Generic[C]):
         self.flow = flow
         self.chat = chat
         self.counters = counters
-        #: The loop's clock: one bound method for every connection's Inbound, not one each.
-        self.clock = clock
+        #: What every connection's Inbound shares (and its clock: one bound method, not one each).
+        self.intake = Intake(chat, counters, config, flow.load, clock)
         #: The open WebSockets (those that get pings and the shutdown's 1001).
         self.open: set[C] = set()
 
     def phase(self, *, v1: bool) -> WebSocketPhase:
         """The WebSocket phase of a client just upgraded (its session comes next)."""
         config = self.config
-        inbound = Inbound(self.chat, self.counters, config, self.flow.load, self.clock)
         return WebSocketPhase(
-            inbound,
+            Inbound(self.intake),
             None,
             close_timeout=config.close_timeout,
             hello_timeout=config.handshake_timeout if v1 else None,
