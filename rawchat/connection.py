@@ -38,8 +38,6 @@ from rawchat.websocket_phase import Closing, WebSocketPhase
 
 log = logging.getLogger("rawchat.connection")
 
-__all__ = ["READ_SIZE", "Connection"]
-
 
 class Connection(asyncio.BufferedProtocol):
     __slots__ = ("shared", "transport", "address", "phase", "http", "slot", "driver", "_timer")

@@ -13,9 +13,9 @@ difference between tens of thousands and millions of deliveries per second.
 Eviction rule: before queueing, the hub looks at what the client already owes
 (the transport's write buffer, read once per iteration, plus the frames queued
 since). If that alone is past ``max_buffer`` the client is evicted instead: the
-hub stops queueing to it and tells its owner (``evicted``). The frame being given is
-not counted against it: a client that keeps up owes nothing when a message
-arrives, however large the message (``--max-message`` may be above
+hub stops queueing to it and calls its owner's ``evicted``. The frame being
+given is not counted against it: a client that keeps up owes nothing when a
+message arrives, however large the message (``--max-message`` may be above
 ``--max-buffer``), so it is never evicted for the size of one message. A client
 that stops reading therefore costs at most ``max_buffer`` plus one message, and
 the broadcast never waits for it.
