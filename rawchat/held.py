@@ -1,23 +1,32 @@
-"""Flow control's held input: what a connection read but may not handle yet.
+"""A connection's WebSocket input: each read fed to the phase, and flow control's holds.
 
-Flow control (rawchat.flow) holds a publisher past ``--rate``, or past its
-share while the loop is overloaded, at the next message: reading stops, and
-what was already read waits, in order, for the publisher's turns. It waits in
-two places: frames wsproto had already parsed when the hold came (they stay in
-its buffer: rawchat stops pulling events), and bytes read but not yet given to
-wsproto (the backlog). A turn hands them back, parked frames first, until a
+``HeldInput.receive`` takes what a read brought and feeds it to the WebSocket
+phase (rawchat.websocket_phase), a message's worth at a time, pulling and
+handling the frames it parses one by one. The phase's verdicts may ask for a
+hold: flow control (rawchat.flow) holds a publisher past ``--rate``, or past
+its share while the loop is overloaded, at the next message. Reading stops,
+and what was already read waits, in order, for the publisher's turns. It waits
+in two places: frames wsproto had already parsed when the hold came (they stay
+in its buffer: rawchat stops pulling events), and bytes read but not yet given
+to wsproto (the backlog). A turn hands them back, parked frames first, until a
 hold comes again or none is left; only then does reading resume.
 
-``HeldInput`` keeps that state and makes those decisions without I/O: the
-asyncio adapter (rawchat.connection) pauses and resumes reading, feeds wsproto
-and closes the transport as it answers. Its state is one of ``Hold``; a client
-that half-closes while held is kept open until what it sent before its EOF is
-handled (``half_closed``), which ``end_turn`` then answers with ``AfterTurn.CLOSE``.
+``HeldInput`` keeps that state and makes those decisions without I/O: its
+:class:`Feeder`, the connection's WebSocket driver (rawchat.websocket_driver),
+carries out what the phase asks for as it comes (a hold among it), pauses and
+resumes reading and closes the transport as ``end_turn`` answers. Its state is
+one of ``Hold``; a client that half-closes while held is kept open until what
+it sent before its EOF is handled (``half_closed``), which ``end_turn`` then
+answers with ``AfterTurn.CLOSE``.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Protocol
+
+from rawchat.http_phase import Phase
+from rawchat.websocket_phase import Closing, WebSocketPhase
 
 
 class Hold(enum.Enum):
@@ -35,6 +44,24 @@ class Hold(enum.Enum):
     #: A turn: what waited is being handled, parked frames first, until a hold
     #: comes again or none is left.
     TURN = "turn"
+
+
+# Checked at every read and every event: a global is read in a few ns, an
+# enum member through its class in about 80 (CPython 3.11).
+_READING, _HELD, _TURN = Hold.READING, Hold.HELD, Hold.TURN
+_FAILED, _WEBSOCKET = Closing.FAILED, Phase.WEBSOCKET
+
+#: What a frame header adds to a message at most (see HeldInput.receive).
+FRAME_HEAD = 14
+
+
+class Feeder(Protocol):
+    """Who carries out what the phase asks for (rawchat.websocket_driver.WebSocketDriver)."""
+
+    phase: Phase
+
+    def carry_out(self) -> None:
+        """Do what the WebSocket phase asked for (it may hold this input)."""
 
 
 class AfterTurn(enum.Enum):
@@ -108,7 +135,67 @@ class HeldInput:
             return AfterTurn.HOLD
         return AfterTurn.CLOSE if self.half_closed else AfterTurn.READ
 
-    # -- the adapter's calls ----------------------------------------------------------
+    # -- feeding the WebSocket phase -------------------------------------------------
+
+    def receive(self, data: bytes, websocket: WebSocketPhase, feeder: Feeder) -> None:
+        """What a read brought (or, in a turn, nothing more): handled up to a hold.
+
+        The pings among it are answered once it is handled, in one write.
+        """
+        state = self.state
+        if state is _READING and len(data) <= websocket.inbound.max_message + FRAME_HEAD:
+            websocket.receive_data(data)
+            self._handle_events(websocket, feeder)
+        elif state is _READING:
+            self._feed(data, websocket, feeder)
+        elif state is _TURN:
+            # The frames a hold left parsed in wsproto go first (fed more before,
+            # its buffer would grow by a slice at every release), then the backlog.
+            if self.take_parked():
+                self._handle_events(websocket, feeder)
+            if self.state is _TURN:
+                self._feed(self.take_backlog() + data, websocket, feeder)
+            else:
+                self.keep(data)
+        else:  # held: kept in order (TLS may still hand over what it had decrypted)
+            self.keep(data)
+        if websocket.pong_due is not None:
+            websocket.answer_pings()
+            if websocket.actions is not None:
+                feeder.carry_out()
+
+    def _feed(self, data: bytes, websocket: WebSocketPhase, feeder: Feeder) -> None:
+        """Feed wsproto a message's worth at a time, up to a hold (the rest waits).
+
+        wsproto keeps what it is given until events() consumes it: so its
+        buffer stays within --max-message plus a frame header, however much
+        one read brought.
+        """
+        step = websocket.inbound.max_message + FRAME_HEAD
+        view = memoryview(data)
+        for start in range(0, len(data), step):
+            if websocket.closing is _FAILED or feeder.phase is not _WEBSOCKET:
+                break
+            if self.held:
+                self.keep(bytes(view[start:]))
+                break
+            websocket.receive_data(bytes(view[start : start + step]))
+            self._handle_events(websocket, feeder)
+
+    def _handle_events(self, websocket: WebSocketPhase, feeder: Feeder) -> None:
+        for event in websocket.events():
+            websocket.handle(event)
+            if websocket.actions is not None:
+                feeder.carry_out()
+            if self.state is _HELD:
+                # The frames after this one stay in wsproto's buffer until
+                # the next turn.
+                self.park()
+                return
+            if websocket.closing is _FAILED or feeder.phase is not _WEBSOCKET:
+                return
+
+    # -- what the feeding does with held input ----------------------------------------
 
     def keep(self, data: bytes) -> None:
         """Bytes that may not be handled now (read while held, or the rest of a

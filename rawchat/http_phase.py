@@ -23,6 +23,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import h11
@@ -57,6 +58,20 @@ class Phase(enum.Enum):
     CLOSED = enum.auto()
 
 
+@dataclass(frozen=True, slots=True)
+class HttpShared:
+    """What the HTTP phases of one server share (the server injects the routes)."""
+
+    config: Config
+    #: Paths answered by a handler; every other path is a static file.
+    routes: Mapping[str, Route]
+    static: http.StaticFiles
+    #: Open connections, any phase: an idle HTTP connection holds a slot too.
+    occupancy: Occupancy
+    handshake_limiter: PerAddress
+    counters: Counters
+
+
 class Host(Protocol):
     """The connection an HTTP phase runs in (rawchat.connection.Connection)."""
 
@@ -78,40 +93,21 @@ class Host(Protocol):
 class HttpPhase:
     """One connection's HTTP side, from its accept to its upgrade (or its end)."""
 
-    __slots__ = (
-        "host",
-        "config",
-        "routes",
-        "static",
-        "counters",
-        "h11",
-        "_request",
-        "admission",
-        "slot",
-    )
+    __slots__ = ("host", "shared", "config", "h11", "_request", "admission", "slot")
 
-    def __init__(
-        self,
-        host: Host,
-        config: Config,
-        routes: Mapping[str, Route],
-        static: http.StaticFiles,
-        occupancy: Occupancy,
-        handshake_limiter: PerAddress,
-        counters: Counters,
-    ) -> None:
+    def __init__(self, host: Host, shared: HttpShared) -> None:
         self.host = host
-        self.config = config
-        self.routes = routes
-        self.static = static
-        self.counters = counters
+        self.shared = shared
+        self.config = config = shared.config
         self.h11: h11.Connection | None = h11.Connection(
             h11.SERVER,
             max_incomplete_event_size=max(config.max_request_head - HEAD_SLICE, 1),
         )
         self._request: h11.Request | None = None
         #: Who may upgrade, and the connection's slot of the caps (released at its end).
-        self.admission = Admission(config, occupancy, handshake_limiter, counters, host.address)
+        self.admission = Admission(
+            config, shared.occupancy, shared.handshake_limiter, shared.counters, host.address
+        )
         self.slot = self.admission.slot
         host.set_timer(config.handshake_timeout, self.timed_out)
 
@@ -184,10 +180,10 @@ class HttpPhase:
                     self._upgrade(decision)
             else:
                 self._reply(decision, head_only=head_only)
-        elif path in self.routes:
-            self._reply(self.routes[path](), head_only=head_only)
+        elif path in self.shared.routes:
+            self._reply(self.shared.routes[path](), head_only=head_only)
         else:
-            self._reply(self.static.reply(request.target), head_only=head_only)
+            self._reply(self.shared.static.reply(request.target), head_only=head_only)
 
     def _pace(self, decision: http.Upgrade, wait: float) -> None:
         """Answer this upgrade in ``wait`` seconds, reading nothing more from it until then.
@@ -199,7 +195,7 @@ class HttpPhase:
         transport = self.host.transport
         assert transport is not None
         transport.pause_reading()
-        self.counters.handshakes_paced += 1
+        self.shared.counters.handshakes_paced += 1
         log.debug("%s: upgrade waits %.3f s for its turn", self.host.peer, wait)
         self.host.set_timer(wait, lambda: self._paced(decision))
 

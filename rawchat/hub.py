@@ -13,9 +13,9 @@ difference between tens of thousands and millions of deliveries per second.
 Eviction rule: before queueing, the hub looks at what the client already owes
 (the transport's write buffer, read once per iteration, plus the frames queued
 since). If that alone is past ``max_buffer`` the client is evicted instead: the
-hub stops queueing to it and calls its ``on_evict``. The frame being given is
-not counted against it: a client that keeps up owes nothing when a message
-arrives, however large the message (``--max-message`` may be above
+hub stops queueing to it and calls its owner's ``evicted``. The frame being
+given is not counted against it: a client that keeps up owes nothing when a
+message arrives, however large the message (``--max-message`` may be above
 ``--max-buffer``), so it is never evicted for the size of one message. A client
 that stops reading therefore costs at most ``max_buffer`` plus one message, and
 the broadcast never waits for it.
@@ -48,6 +48,13 @@ class WriteTransport(Protocol):
     def abort(self) -> None: ...
 
 
+class Recipient(Protocol):
+    """Whom an outbox is for (rawchat.connection.Connection)."""
+
+    def evicted(self) -> None:
+        """The hub evicted this client: it cannot keep up (what it was owed is dropped)."""
+
+
 log = logging.getLogger("rawchat.hub")
 
 #: From this many bytes queued for one client, its frames go to the transport
@@ -61,9 +68,9 @@ VECTOR_MIN = 16 * 1024
 class Outbox:
     """What the hub knows about one recipient."""
 
-    __slots__ = ("transport", "frames", "owed", "peak", "closed", "on_evict")
+    __slots__ = ("transport", "frames", "owed", "peak", "closed", "owner")
 
-    def __init__(self, transport: WriteTransport, on_evict: Callable[[], None]) -> None:
+    def __init__(self, transport: WriteTransport, owner: Recipient) -> None:
         self.transport = transport
         #: Frames queued during this loop iteration. The one list lives as long
         #: as the client and is emptied at each flush: a list made for every
@@ -76,7 +83,9 @@ class Outbox:
         self.peak = 0
         #: Evicted or closing: it takes no more frames.
         self.closed = False
-        self.on_evict = on_evict
+        #: Told of an eviction: kept itself, not its bound method, one object
+        #: fewer per client.
+        self.owner = owner
 
 
 class Hub:
@@ -175,7 +184,7 @@ class Hub:
         box.frames.clear()
         box.owed = 0
         self.evicted[reason] += 1
-        box.on_evict()
+        box.owner.evicted()
 
     def _new_peak(self, box: Outbox, owed: int) -> None:
         box.peak = owed

@@ -45,8 +45,8 @@ class Verdict(enum.Enum):
     NOT_TEXT = enum.auto()
 
 
-class Inbound:
-    """One connection's incoming messages."""
+class Intake:
+    """What the Inbound of every connection shares: where messages go, and the limits."""
 
     __slots__ = (
         "chat",
@@ -57,12 +57,6 @@ class Inbound:
         "flood_timeout",
         "load",
         "clock",
-        "handled",
-        "bucket",
-        "shaped_since",
-        "delay",
-        "parts",
-        "size",
     )
 
     def __init__(
@@ -81,6 +75,27 @@ class Inbound:
         self.flood_timeout = config.flood_timeout
         self.load = load
         self.clock = clock
+
+
+class Inbound:
+    """One connection's incoming messages."""
+
+    __slots__ = (
+        "intake",
+        "max_message",
+        "handled",
+        "bucket",
+        "shaped_since",
+        "delay",
+        "parts",
+        "size",
+    )
+
+    def __init__(self, intake: Intake) -> None:
+        #: Shared by every connection: one reference here, not seven.
+        self.intake = intake
+        #: --max-message, checked at every read: kept at hand.
+        self.max_message = intake.max_message
         #: Messages handled since the connection's latest read or turn began
         #: (see new_turn): counted only while the loop is overloaded.
         self.handled = 0
@@ -123,7 +138,7 @@ class Inbound:
     def rested(self) -> None:
         """The client is idle (a pong came): a bucket full again knows nothing; let it go."""
         bucket = self.bucket
-        if bucket is not None and bucket.full(self.clock()):
+        if bucket is not None and bucket.full(self.intake.clock()):
             self.bucket = None  # a new one is made full too
 
     def _deliver(self, data: str | bytes | bytearray, session: Session | None) -> Verdict:
@@ -135,18 +150,20 @@ class Inbound:
             return Verdict.TOO_BIG
         if session is None:
             return Verdict.IGNORED
-        self.counters.messages_in += 1
+        intake = self.intake
+        intake.counters.messages_in += 1
         if session.plain:
-            self.chat.plain_message(session, data if isinstance(data, str) else bytes(data))
+            intake.chat.plain_message(session, data if isinstance(data, str) else bytes(data))
         elif isinstance(data, str):
-            self.chat.v1_message(session, data)
+            intake.chat.v1_message(session, data)
         else:
             return Verdict.NOT_TEXT
-        verdict = self._spend_token() if self.rate > 0 else Verdict.DELIVERED
-        if self.load.overloaded and verdict is Verdict.DELIVERED:
+        verdict = self._spend_token() if intake.rate > 0 else Verdict.DELIVERED
+        load = intake.load
+        if load.overloaded and verdict is Verdict.DELIVERED:
             # Its share of the turn: a counter and a compare, nothing more per message.
             self.handled += 1
-            if self.handled >= self.load.share:
+            if self.handled >= load.share:
                 return Verdict.TURN_OVER
         return verdict
 
@@ -156,7 +173,7 @@ class Inbound:
 
     def shaped_for(self) -> float:
         """How long the client has been over its rate without a break, in seconds."""
-        return self.clock() - self.shaped_since if self.shaped_since else 0.0
+        return self.intake.clock() - self.shaped_since if self.shaped_since else 0.0
 
     def _spend_token(self) -> Verdict:
         """Count a handled message against --rate: past it, shape, never drop.
@@ -164,18 +181,19 @@ class Inbound:
         Shaping stops reading until the next token: the messages already read
         wait in order, and what the client sends meanwhile waits in TCP.
         """
-        now = self.clock()
+        intake = self.intake
+        now = intake.clock()
         bucket = self.bucket
         if bucket is None:
             # Full, as one made at the upgrade would be by now.
-            bucket = self.bucket = TokenBucket(self.rate, self.burst, now)
+            bucket = self.bucket = TokenBucket(intake.rate, intake.burst, now)
         self.delay = bucket.spend(now)
         if not self.delay:
             self.shaped_since = 0.0
             return Verdict.DELIVERED
         if not self.shaped_since:
             self.shaped_since = now
-        elif self.flood_timeout and now - self.shaped_since > self.flood_timeout:
+        elif intake.flood_timeout and now - self.shaped_since > intake.flood_timeout:
             return Verdict.FLOODING
-        self.counters.rate_limited += 1
+        intake.counters.rate_limited += 1
         return Verdict.SHAPED

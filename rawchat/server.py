@@ -16,10 +16,11 @@ from wsproto.frame_protocol import CloseReason
 from rawchat import http, metrics
 from rawchat.archive import Archive, StoredReservations
 from rawchat.config import Config
-from rawchat.connection import Connection, Shared
-from rawchat.http_phase import Phase
+from rawchat.connection import Connection
+from rawchat.http_phase import Phase, Route
 from rawchat.keepalive import Keepalive
-from rawchat.metrics import Exposition, Sources
+from rawchat.metrics import Counters, Exposition, Sources
+from rawchat.shared import Shared
 from rawchat.sockets import cap_segments
 
 if TYPE_CHECKING:
@@ -28,11 +29,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("rawchat")
 
 
-class ServerState(Shared):
+class ServerState(Shared[Connection]):
     """What the connections share, wired to the routes that report on them."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(config, loop)
+        #: Paths answered by a handler (filled below, once there is something to report).
+        self.routes: dict[str, Route] = {}
+        super().__init__(config, loop, routes=self.routes, counters=Counters())
         self.flow.readers = self.websockets.__len__  # who may fall behind on broadcasts
         self.flow.load.work_clock = time.thread_time  # how busy the loop is (overload)
         self.broker: Broker | None = None
@@ -63,7 +66,7 @@ class ServerState(Shared):
         return modes
 
 
-def keepalive(state: Shared) -> Keepalive:
+def keepalive(state: Shared[Connection]) -> Keepalive:
     """The keepalive of ``state``'s WebSockets, as its config sets it."""
     config = state.config
     return Keepalive(

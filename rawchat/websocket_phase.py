@@ -4,13 +4,13 @@
 the client's messages on their way to the chat (rawchat.inbound), the pongs,
 and the closing handshake as an explicit state machine (:class:`Closing`).
 It never touches a socket or a clock. What it wants done comes out as data,
-:class:`Action` values the asyncio adapter (rawchat.connection) carries out
+:class:`Action` values its driver (rawchat.websocket_driver) carries out
 in order: bytes to write, a timer to set or cancel, the chat to leave, a
 half-close, the transport to close or abort. The model is websockets'
 ``protocol.py`` (``receive_data`` in, ``data_to_send`` out) with wsproto
 doing the framing.
 
-The adapter drives it so: ``receive_data`` with what a read brought, then
+It is driven so (rawchat.held): ``receive_data`` with what a read brought, then
 ``handle`` for each of ``events()`` (it may stop between two, when flow
 control holds the client), then ``answer_pings`` once per read: a pong for
 each ping, up to a bound. Every close, whoever asks for it (the chat, the

@@ -214,7 +214,7 @@ def test_a_full_server_answers_503_and_a_closed_connection_frees_its_slot() -> N
             url = ws_url(server)
             honest = await websockets.connect(url)
             others = [await websockets.connect(url) for _ in range(2)]
-            assert state.occupancy.total == 3
+            assert state.http.occupancy.total == 3
             status, fields = await refused(websockets.connect(url))
             assert status == 503
             assert fields["retry-after"].isdigit()
@@ -223,15 +223,15 @@ def test_a_full_server_answers_503_and_a_closed_connection_frees_its_slot() -> N
             for ws in others:
                 # close() returns once TCP is closed, which the server does after letting go.
                 await ws.close()
-            assert state.occupancy.total == 1
+            assert state.http.occupancy.total == 1
             again = [await websockets.connect(url) for _ in range(2)]
-            assert state.occupancy.total == 3
+            assert state.http.occupancy.total == 3
             status, _ = await refused(websockets.connect(url))
             assert status == 503
             await says(honest, "still here")
             for ws in (honest, *again):
                 await ws.close()
-            assert state.occupancy.total == 0 and state.occupancy.by_address == {}
+            assert state.http.occupancy.total == 0 and state.http.occupancy.by_address == {}
 
     run(main)
 
@@ -277,7 +277,7 @@ def test_behind_a_trusted_proxy_each_forwarded_address_has_its_own_share() -> No
             abuser = await websockets.connect(
                 url, additional_headers={"X-Forwarded-For": "10.0.0.1, 203.0.113.9"}
             )
-            assert state.occupancy.by_address == {"198.51.100.7": 1, "203.0.113.9": 1}
+            assert state.http.occupancy.by_address == {"198.51.100.7": 1, "203.0.113.9": 1}
             for headers in (
                 {"X-Forwarded-For": "203.0.113.9"},
                 # Only the last entry counts: the proxy appended it, the rest is the client's.
@@ -289,7 +289,7 @@ def test_behind_a_trusted_proxy_each_forwarded_address_has_its_own_share() -> No
             another = await websockets.connect(
                 url, additional_headers={"Forwarded": "for=192.0.2.1;proto=http"}
             )
-            assert state.occupancy.by_address["192.0.2.1"] == 1
+            assert state.http.occupancy.by_address["192.0.2.1"] == 1
             await says(honest, "my own share")
             for ws in (honest, abuser, another):
                 await ws.close()
@@ -731,7 +731,7 @@ def test_a_client_that_closes_then_never_reads_is_aborted_after_close_timeout() 
             # can say when the server gives up, so watch its connection table.
             await until(lambda: conn not in state.connections)
             assert loop.time() - closing >= 0.25
-            assert state.occupancy.total == 1, "its slot is free"
+            assert state.http.occupancy.total == 1, "its slot is free"
             received = await read_to_eof(stuck.reader)
             assert len(received) < sent * size, "the server dropped what it could not send"
             stuck.close()

@@ -166,6 +166,16 @@ class FakeLoop:
         self.run_ready()
 
 
+class Owner:
+    """Whom an outbox is for, in tests: it records the hub's evictions."""
+
+    def __init__(self) -> None:
+        self.evictions = 0
+
+    def evicted(self) -> None:
+        self.evictions += 1
+
+
 def make_state(**overrides: Any) -> tuple[ServerState, FakeLoop]:
     loop = FakeLoop()
     state = ServerState(Config(**overrides), loop)  # type: ignore[arg-type]

@@ -203,5 +203,5 @@ def test_a_client_that_gives_up_while_waiting_frees_its_slot() -> None:
     transport.close()
     loop.advance(2.0)  # its turn passes with nothing to answer
     assert transport.take() == b""
-    assert state.occupancy.by_address == {"192.0.2.9": 1}
+    assert state.http.occupancy.by_address == {"192.0.2.9": 1}
     assert conn.outbox is None

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from wsproto.events import CloseConnection, TextMessage
 
-from rawchat.connection import READ_SIZE
 from rawchat.server import ServerState
+from rawchat.shared import READ_SIZE
 from tests.unit.fakes import Client, FakeLoop, make_state
 
 

@@ -371,7 +371,7 @@ def test_idle_http_connections_count_against_the_connection_cap(site: Path) -> N
     for _conn, transport in idle:
         transport.close()
     loop.run_ready()
-    assert state.occupancy.total == 0
+    assert state.http.occupancy.total == 0
     assert Client(state, loop).conn.outbox is not None, "slots come back when they close"
 
 

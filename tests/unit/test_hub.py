@@ -14,9 +14,22 @@ def make_hub(max_buffer: int = 1000) -> tuple[Hub, list[Callable[[], None]]]:
     return Hub(max_buffer, scheduled.append), scheduled
 
 
+class Recorder:
+    """An outbox's owner that notes, in ``evicted``, each outbox the hub evicts."""
+
+    def __init__(self, evicted: list[Outbox] | None) -> None:
+        self.evicted_boxes = evicted
+        self.box: Outbox | None = None
+
+    def evicted(self) -> None:
+        if self.evicted_boxes is not None and self.box is not None:
+            self.evicted_boxes.append(self.box)
+
+
 def make_outbox(evicted: list[Outbox] | None = None) -> tuple[Outbox, FakeTransport]:
     transport = FakeTransport()
-    box = Outbox(transport, lambda: evicted.append(box) if evicted is not None else None)
+    owner = Recorder(evicted)
+    box = owner.box = Outbox(transport, owner)
     return box, transport
 
 

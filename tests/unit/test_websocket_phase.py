@@ -176,11 +176,12 @@ def test_keepalive_waits_for_a_client_it_holds_and_times_it_out_once_it_reads() 
     Keepalive(state).start()
     held = Client(state, loop)
     loop.advance(20.0)
-    held.conn.hold()  # flow control reads nothing from it: its pong cannot arrive
+    assert held.conn.driver is not None
+    held.conn.driver.hold()  # flow control reads nothing from it: its pong cannot arrive
     loop.advance(30.0)  # a deadline passes, and the next ping's too
     held.receive()
     assert closes(held) == []
-    assert not held.conn.take_turn()  # released, and reading again: now silence counts
+    assert not held.conn.driver.take_turn()  # released, and reading again: now silence counts
     loop.advance(40.0)
     held.receive()
     assert [c.code for c in closes(held)] == [1011]

@@ -27,7 +27,7 @@ from rawchat.websocket_phase import (
     SetTimer,
     WebSocketPhase,
 )
-from tests.unit.fakes import FakeTransport, make_state, masked
+from tests.unit.fakes import FakeTransport, Owner, make_state, masked
 
 
 class Peer:
@@ -46,7 +46,7 @@ def plain_phase(**config: object) -> tuple[WebSocketPhase, Outbox]:
     """A plain client's phase, in the lobby; what the chat relays to it lands in the outbox."""
     state, _ = make_state(**config)
     phase = state.websocket_phase(v1=False)
-    outbox = Outbox(FakeTransport(), lambda: None)
+    outbox = Outbox(FakeTransport(), Owner())
     phase.session = state.chat.connect_plain(outbox, Peer())
     return phase, outbox
 
@@ -218,7 +218,7 @@ def test_a_pong_at_rest_drops_the_parser_and_a_message_makes_it_again() -> None:
 def test_a_v1_client_without_a_hello_is_closed_4001_when_the_timer_fires() -> None:
     state, _ = make_state(handshake_timeout=5.0)
     phase = state.websocket_phase(v1=True)
-    phase.session = state.chat.connect_v1(Outbox(FakeTransport(), lambda: None), Peer())
+    phase.session = state.chat.connect_v1(Outbox(FakeTransport(), Owner()), Peer())
     assert phase.take_actions() == [SetTimer(5.0)]
     phase.timer_fired()
     assert closes(phase.take_actions()) == [4001]
@@ -227,7 +227,7 @@ def test_a_v1_client_without_a_hello_is_closed_4001_when_the_timer_fires() -> No
 def test_a_v1_hello_cancels_the_hello_timer_once() -> None:
     state, _ = make_state(handshake_timeout=5.0)
     phase = state.websocket_phase(v1=True)
-    session: Session = state.chat.connect_v1(Outbox(FakeTransport(), lambda: None), Peer())
+    session: Session = state.chat.connect_v1(Outbox(FakeTransport(), Owner()), Peer())
     phase.session = session
     phase.take_actions()
     peer = client()
