@@ -218,3 +218,15 @@ class Client:
         new = list(self.ws.events())
         self.events += new
         return new
+
+
+class Peer:
+    """The connection under a chat session, as the chat sees it: an address, closes asked."""
+
+    address = "192.0.2.1"
+
+    def __init__(self) -> None:
+        self.closes: list[int] = []
+
+    def close(self, code: int, reason: str = "") -> None:
+        self.closes.append(code)

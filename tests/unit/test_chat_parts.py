@@ -21,19 +21,7 @@ from rawchat.nicks import Nicks
 from rawchat.presence import Presence
 from rawchat.registry import RoomRegistry
 from rawchat.rooms import Letter, Room, Session
-from tests.unit.fakes import FakeTransport
-
-
-class Peer:
-    """The connection under a session: an address, and the closes asked of it."""
-
-    address = "192.0.2.1"
-
-    def __init__(self) -> None:
-        self.closes: list[int] = []
-
-    def close(self, code: int, reason: str = "") -> None:
-        self.closes.append(code)
+from tests.unit.fakes import FakeTransport, Peer
 
 
 class FakeRelay:

@@ -27,19 +27,7 @@ from rawchat.websocket_phase import (
     SetTimer,
     WebSocketPhase,
 )
-from tests.unit.fakes import FakeTransport, Owner, make_state, masked
-
-
-class Peer:
-    """What the chat sees of the connection under a session: it records close requests."""
-
-    address = "127.0.0.1"
-
-    def __init__(self) -> None:
-        self.closed: list[int] = []
-
-    def close(self, code: int, reason: str = "") -> None:
-        self.closed.append(code)
+from tests.unit.fakes import FakeTransport, Owner, Peer, make_state, masked
 
 
 def plain_phase(**config: object) -> tuple[WebSocketPhase, Outbox]:
